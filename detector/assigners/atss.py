@@ -1,0 +1,58 @@
+"""ATSS: adaptive training sample selection (Zhang et al., CVPR 2020, Alg. 1), batched.
+
+1. Per level and GT, the k anchors whose centres are closest to the GT centre are candidates
+   (k = topk x anchors per location, as the official code, capped by the level's size).
+2. Threshold per GT = mean + unbiased std of the candidates' IoUs (torch.std, as both references).
+3. Positive = candidate with IoU >= threshold whose centre lies strictly inside the GT
+   (more than `center_eps` pixels from every side).
+4. An anchor positive for several GTs goes to the one with the highest IoU.
+No forced positives: a GT may end with none (e.g. a tiny box no candidate centre falls in).
+"""
+from __future__ import annotations
+
+import torch
+
+from detector.assigners.base import BG, AssignInputs, AssignResult, empty_result
+from detector.boxes import batched_box_iou, box_centers
+from detector.config import ATSSConfig
+
+
+@torch.no_grad()
+def assign_atss(inputs: AssignInputs, cfg: ATSSConfig) -> AssignResult:
+    b, m = inputs.gt_labels.shape
+    a = inputs.anchors.shape[0]
+    device = inputs.anchors.device
+    if m == 0 or a == 0:
+        return empty_result(b, a, device)
+    iou = batched_box_iou(inputs.gt_boxes, inputs.anchors)  # (B, M, A)
+    anchor_ctr = box_centers(inputs.anchors)  # (A, 2)
+    gt_ctr = box_centers(inputs.gt_boxes)  # (B, M, 2)
+    dist = torch.cdist(gt_ctr.reshape(b * m, 1, 2), anchor_ctr[None].expand(b * m, -1, -1)).reshape(b, m, a)
+
+    candidates, start = [], 0
+    for n in inputs.num_per_level:
+        k = min(cfg.topk * inputs.anchors_per_location, n)
+        if k > 0:
+            idx = dist[:, :, start:start + n].topk(k, dim=2, largest=False).indices
+            candidates.append(idx + start)
+        start += n
+    cand = torch.cat(candidates, dim=2)  # (B, M, K)
+    cand_iou = iou.gather(2, cand)
+    thresh = cand_iou.mean(dim=2, keepdim=True) + cand_iou.std(dim=2, keepdim=True)  # NaN for K = 1: no positive
+    is_pos = cand_iou >= thresh
+
+    ctr = anchor_ctr[cand]  # (B, M, K, 2)
+    boxes = inputs.gt_boxes[:, :, None, :]
+    ltrb = torch.stack(
+        [ctr[..., 0] - boxes[..., 0], ctr[..., 1] - boxes[..., 1], boxes[..., 2] - ctr[..., 0], boxes[..., 3] - ctr[..., 1]],
+        dim=-1,
+    )
+    is_pos &= ltrb.amin(dim=-1) > cfg.center_eps
+    is_pos &= inputs.gt_valid[:, :, None]
+
+    pos_iou = torch.full_like(iou, -1.0)
+    pos_iou.scatter_(2, cand, torch.where(is_pos, cand_iou, torch.full_like(cand_iou, -1.0)))
+    best_iou, best_gt = pos_iou.max(dim=1)  # (B, A); conflicts go to the highest IoU
+    matched = torch.where(best_iou >= 0, best_gt, torch.full_like(best_gt, BG))
+    matched_iou = torch.where(matched >= 0, best_iou, torch.zeros_like(best_iou))
+    return AssignResult(matched_gt=matched, iou=matched_iou, weight=torch.ones_like(matched_iou))

@@ -1,0 +1,28 @@
+"""Build the train and val datasets a config names: the embedded benchmark or a COCO-format set."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from detector.config import Config
+from detector.data.coco import CocoDetection
+
+
+def dataset_paths(cfg: Config, workspace: Path, progress=None) -> dict[str, Path]:
+    """Image folders and annotation files; generates the synthetic benchmark on first use."""
+    d = cfg.data
+    if d.dataset == "synth":
+        from detector.data.synth import ensure_dataset
+
+        root = ensure_dataset(Path(workspace) / "data", d.synth, progress=progress)
+        return {
+            "train_images": root / "images" / "train", "train_json": root / "instances_train.json",
+            "val_images": root / "images" / "val", "val_json": root / "instances_val.json",
+        }
+    return {k: Path(getattr(d, k)).expanduser() for k in ("train_images", "train_json", "val_images", "val_json")}
+
+
+def build_datasets(cfg: Config, workspace: Path, progress=None) -> tuple[CocoDetection, CocoDetection]:
+    paths = dataset_paths(cfg, workspace, progress)
+    train = CocoDetection(paths["train_images"], paths["train_json"], cfg.data, train=True)
+    val = CocoDetection(paths["val_images"], paths["val_json"], cfg.data, train=False, categories=train.categories)
+    return train, val

@@ -1,0 +1,66 @@
+"""Callbacks through which a training run reports what it measures.
+
+`detector/` never talks to a tracking backend; `ablation/tracking.py` subclasses `TrainHooks` and
+sends these records to MLflow. Every method is a no-op here so a plain run needs no tracker.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class TrainHooks:
+    def on_start(self, config: dict, workdir: Path, start_iteration: int) -> None:
+        """Called once, before the first iteration, with the resolved config as a dict."""
+
+    def on_iteration(self, iteration: int, scalars: dict[str, float]) -> None:
+        """Called every `train.log_every` iterations: losses, lr, assignment diagnostics, timing."""
+
+    def on_checkpoint(self, iteration: int, path: Path) -> None:
+        """Called after a checkpoint is written."""
+
+    def on_eval_progress(self, done: int, total: int) -> None:
+        """Called as evaluation images are processed."""
+
+    def on_eval(self, iteration: int, metrics: dict[str, float], files: dict[str, Path]) -> None:
+        """Called after an evaluation: the 12 COCO stats and the files written (detections, metrics)."""
+
+    def on_artifact(self, path: Path, folder: str = "") -> None:
+        """A file worth keeping with the run (figures, histograms)."""
+
+    def on_end(self, status: str, reason: str = "") -> None:
+        """Called once: status is 'FINISHED' or 'FAILED' (reason says why)."""
+
+
+class HookList(TrainHooks):
+    """Fan one stream of records out to several hooks."""
+
+    def __init__(self, *hooks: TrainHooks):
+        self.hooks = [h for h in hooks if h is not None]
+
+    def on_start(self, config, workdir, start_iteration):
+        for h in self.hooks:
+            h.on_start(config, workdir, start_iteration)
+
+    def on_iteration(self, iteration, scalars):
+        for h in self.hooks:
+            h.on_iteration(iteration, scalars)
+
+    def on_checkpoint(self, iteration, path):
+        for h in self.hooks:
+            h.on_checkpoint(iteration, path)
+
+    def on_eval_progress(self, done, total):
+        for h in self.hooks:
+            h.on_eval_progress(done, total)
+
+    def on_eval(self, iteration, metrics, files):
+        for h in self.hooks:
+            h.on_eval(iteration, metrics, files)
+
+    def on_artifact(self, path, folder=""):
+        for h in self.hooks:
+            h.on_artifact(path, folder)
+
+    def on_end(self, status, reason=""):
+        for h in self.hooks:
+            h.on_end(status, reason)

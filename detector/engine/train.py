@@ -1,0 +1,178 @@
+"""Iteration-based training of a dense detector with a pluggable label assigner.
+
+One step: forward -> assignment on detached predictions (no grad) -> losses -> backward -> SGD.
+Everything measured is reported through `TrainHooks`; nothing here knows about tracking.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detector.assigners import AssignInputs, assign
+from detector.box_coder import BoxCoder
+from detector.config import Config, config_hash, config_to_dict
+from detector.data.build import build_datasets
+from detector.data.sampler import build_train_loader
+from detector.engine.checkpoint import LAST, load_checkpoint, save_checkpoint
+from detector.engine.diagnostics import assignment_diagnostics
+from detector.engine.evaluate import evaluate_model
+from detector.engine.hooks import TrainHooks
+from detector.engine.optim import build_optimizer, lr_at, set_lr
+from detector.losses.dense import dense_losses
+from detector.model.anchors import anchors_per_location
+from detector.model.detector import DenseDetector
+
+log = logging.getLogger("anchorlab")
+
+
+@dataclass
+class TrainResult:
+    status: str  # "FINISHED" or "FAILED"
+    reason: str = ""
+    iterations: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    checkpoint: Path | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+    wall_time: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def run_dir(cfg: Config, workspace: Path) -> Path:
+    """Where a run's checkpoints and evaluation files live: keyed by its resolved config."""
+    return Path(workspace) / "checkpoints" / config_hash(cfg)
+
+
+class TrainStep:
+    """Forward, assignment, losses for one batch; shared by training and tests."""
+
+    def __init__(self, model: DenseDetector, cfg: Config):
+        self.model, self.cfg = model, cfg
+        self.coder = BoxCoder(cfg.model.box_coder.weights, cfg.model.box_coder.clamp)
+
+    def __call__(self, batch) -> tuple[dict[str, torch.Tensor], object, list[int]]:
+        out, anchors, counts = self.model(batch.images)
+        with torch.no_grad():
+            pred_boxes = self.coder.decode(out.box_deltas.detach().float(), anchors)
+        inputs = AssignInputs(
+            anchors=anchors, num_per_level=counts, strides=self.cfg.model.anchors.strides,
+            gt_boxes=batch.gt_boxes, gt_labels=batch.gt_labels, gt_valid=batch.gt_valid,
+            anchors_per_location=anchors_per_location(self.cfg.model.anchors),
+            ignore_boxes=batch.ignore_boxes, ignore_valid=batch.ignore_valid,
+            cls_logits=out.cls_logits.detach(), pred_boxes=pred_boxes,
+        )
+        result = assign(inputs, self.cfg.assign)
+        losses = dense_losses(
+            out, anchors, result, batch.gt_boxes, batch.gt_labels, self.coder, self.cfg.loss, self.cfg.model.head.aux
+        )
+        return losses, result, counts
+
+
+def train(cfg: Config, workspace: Path, hooks: TrainHooks | None = None, resume: bool = False) -> TrainResult:
+    """Train `cfg` to its last iteration (or resume from the run directory's last checkpoint), then evaluate.
+
+    A non-finite loss stops the run as FAILED with reason "diverged at iteration N" (1-based).
+    """
+    hooks = hooks or TrainHooks()
+    t0 = time.perf_counter()
+    tc = cfg.train
+    if tc.num_threads > 0:
+        torch.set_num_threads(tc.num_threads)
+    seed_everything(tc.seed, tc.deterministic)
+    device = resolve_device(tc.device)
+    workdir = run_dir(cfg, workspace)
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    train_set, val_set = build_datasets(cfg, workspace)
+    num_classes = cfg.model.num_classes or train_set.num_classes
+    model = DenseDetector(cfg.model, num_classes).to(device)
+    optimizer = build_optimizer(model, tc)
+    use_amp = tc.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start = 0
+    if resume and (workdir / LAST).is_file():
+        state = load_checkpoint(workdir / LAST, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        start = int(state["iteration"])
+        log.info("resumed from %s at iteration %d", workdir / LAST, start)
+
+    hooks.on_start(config_to_dict(cfg), workdir, start)
+    data_counts = {f"data/train_{k}": float(v) for k, v in train_set.report.as_dict().items()}
+    data_counts.update({f"data/val_{k}": float(v) for k, v in val_set.report.as_dict().items()})
+    hooks.on_iteration(start, data_counts)
+    for name, ds in (("train", train_set), ("val", val_set)):
+        log.info("%s data: %s", name, ds.report.summary())
+
+    step = TrainStep(model, cfg)
+    loader = build_train_loader(train_set, tc.batch_size, tc.seed, start_iteration=start, num_workers=cfg.data.num_workers)
+    batches = iter(loader)
+    model.train()
+    last_ckpt = workdir / LAST if start else None
+    for it in range(start, tc.iterations):
+        t_data = time.perf_counter()
+        batch = next(batches).to(device, non_blocking=True)
+        t_step = time.perf_counter()
+        lr = lr_at(it, tc)
+        set_lr(optimizer, lr)
+        with torch.autocast(device.type, enabled=use_amp):
+            losses, result, counts = step(batch)
+        loss = losses["loss"]
+        if not torch.isfinite(loss).item():
+            reason = f"diverged at iteration {it + 1}"
+            log.error(reason)
+            hooks.on_end("FAILED", reason)
+            return TrainResult("FAILED", reason, it, checkpoint=last_ckpt, wall_time=time.perf_counter() - t0)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if tc.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        done = it + 1
+        if done % tc.log_every == 0 or done == tc.iterations:
+            scalars = {k: v.item() for k, v in losses.items()}
+            scalars.update(assignment_diagnostics(result, batch.gt_valid, counts))
+            now = time.perf_counter()
+            scalars.update({"lr": lr, "time/step_s": now - t_step, "time/data_s": t_step - t_data})
+            hooks.on_iteration(done, scalars)
+        if tc.checkpoint_every > 0 and done % tc.checkpoint_every == 0 and done < tc.iterations:
+            last_ckpt = save_checkpoint(workdir / LAST, model, optimizer, scaler, done)
+            hooks.on_checkpoint(done, last_ckpt)
+
+    last_ckpt = save_checkpoint(workdir / LAST, model, optimizer, scaler, tc.iterations)
+    hooks.on_checkpoint(tc.iterations, last_ckpt)
+    result = TrainResult("FINISHED", iterations=tc.iterations, checkpoint=last_ckpt)
+    if tc.eval_at_end:
+        metrics, files = evaluate_model(
+            model, val_set, cfg, device, workdir / "eval", progress=hooks.on_eval_progress
+        )
+        hooks.on_eval(tc.iterations, metrics, files)
+        result.metrics, result.files = metrics, files
+    result.wall_time = time.perf_counter() - t0
+    hooks.on_end("FINISHED")
+    return result
+

@@ -1,0 +1,85 @@
+"""Training losses of a dense detector given an assignment.
+
+- classification: sigmoid focal loss over every non-ignored anchor and class (Lin et al., 2017);
+- regression: GIoU loss of the decoded box (or L1 on the encoded deltas) over positives,
+  multiplied by the assignment's per-positive weight;
+- auxiliary branch: BCE against the IoU of the detached decoded box with its GT (PAA) or the
+  anchor centre's centerness (FCOS/ATSS), over positives.
+All three are normalised by the batch's number of positives (at least 1).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import sigmoid_focal_loss
+
+from detector.assigners.base import IGNORE, AssignResult
+from detector.box_coder import BoxCoder
+from detector.boxes import aligned_giou, aligned_iou, box_centers
+from detector.config import LossConfig
+from detector.model.head import HeadOutput
+
+
+def centerness_target(points: Tensor, gt_boxes: Tensor) -> Tensor:
+    """FCOS centerness of points [N, 2] in their GT boxes [N, 4] -> [N] in [0, 1]."""
+    l = points[:, 0] - gt_boxes[:, 0]
+    t = points[:, 1] - gt_boxes[:, 1]
+    r = gt_boxes[:, 2] - points[:, 0]
+    b = gt_boxes[:, 3] - points[:, 1]
+    lr = torch.stack([l, r], 1).clamp(min=0)
+    tb = torch.stack([t, b], 1).clamp(min=0)
+    ratio = (lr.amin(1) / lr.amax(1).clamp(min=1e-6)) * (tb.amin(1) / tb.amax(1).clamp(min=1e-6))
+    return ratio.sqrt()
+
+
+def dense_losses(
+    out: HeadOutput,
+    anchors: Tensor,
+    result: AssignResult,
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    box_coder: BoxCoder,
+    cfg: LossConfig,
+    aux: str,
+) -> dict[str, Tensor]:
+    """Args: head outputs (B, A, ·), anchors (A, 4), the assignment, GTs (B, M, 4) / (B, M).
+
+    Returns a dict of scalar losses ("loss_cls", "loss_reg", optionally "loss_aux") and "loss".
+    """
+    b, a, c = out.cls_logits.shape
+    labels = result.labels(gt_labels)  # (B, A)
+    pos = labels >= 0
+    num_pos = pos.sum().clamp(min=1).float()
+
+    valid = labels != IGNORE
+    target = torch.zeros_like(out.cls_logits)
+    target[pos] = F.one_hot(labels[pos], c).to(target.dtype)
+    loss_cls = sigmoid_focal_loss(
+        out.cls_logits[valid].float(), target[valid], alpha=cfg.focal_alpha, gamma=cfg.focal_gamma, reduction="sum"
+    ) / num_pos
+
+    img_idx, anchor_idx = pos.nonzero(as_tuple=True)
+    matched = result.matched_gt[img_idx, anchor_idx]
+    gt = gt_boxes[img_idx, matched]  # (P, 4)
+    pos_anchors = anchors[anchor_idx]
+    deltas = out.box_deltas[img_idx, anchor_idx].float()
+    weight = result.weight[img_idx, anchor_idx]
+    pred_boxes = box_coder.decode(deltas, pos_anchors)
+    if cfg.reg == "giou":
+        per_pos = 1.0 - aligned_giou(pred_boxes, gt)
+    else:
+        per_pos = F.l1_loss(deltas, box_coder.encode(gt, pos_anchors), reduction="none").sum(-1)
+    losses = {"loss_cls": loss_cls, "loss_reg": cfg.reg_weight * (per_pos * weight).sum() / num_pos}
+
+    if out.aux_logits is not None:
+        if aux == "iou":
+            aux_target = aligned_iou(pred_boxes.detach(), gt)
+        else:
+            aux_target = centerness_target(box_centers(pos_anchors), gt)
+        aux_logits = out.aux_logits[img_idx, anchor_idx].float()
+        losses["loss_aux"] = cfg.aux_weight * F.binary_cross_entropy_with_logits(
+            aux_logits, aux_target, reduction="sum"
+        ) / num_pos
+    losses["loss"] = sum(losses.values())
+    return losses

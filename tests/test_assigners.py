@@ -1,0 +1,246 @@
+"""The assigner test matrix: hand-computed fixtures, edge cases, batching, padding, references."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.models.detection._utils import Matcher
+from torchvision.ops import box_iou
+
+from detector.assigners import ASSIGNERS, BG, IGNORE, AssignInputs, assign
+from detector.assigners.atss import assign_atss
+from detector.assigners.max_iou import assign_max_iou
+from detector.config import AnchorConfig, AssignConfig, ATSSConfig, MaxIoUConfig
+from detector.model.anchors import grid_anchors
+
+
+def make_inputs(gt_list, anchors=None, counts=None, strides=(8, 16, 32, 64, 128), pad_to=None, junk_padding=False):
+    """Pad a list of per-image (boxes [n,4], labels [n]) into AssignInputs."""
+    if anchors is None:
+        anchors, counts = grid_anchors([(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)], AnchorConfig())
+    m = max([len(b) for b, _ in gt_list] + [pad_to or 0])
+    b = len(gt_list)
+    boxes = torch.zeros(b, m, 4)
+    labels = torch.full((b, m), -1, dtype=torch.long)
+    valid = torch.zeros(b, m, dtype=torch.bool)
+    if junk_padding:  # padding rows that look like real boxes: a mask, not zeros, must exclude them
+        boxes[:] = torch.tensor([0.0, 0.0, 40.0, 40.0])
+        labels[:] = 0
+    for i, (bx, lb) in enumerate(gt_list):
+        n = len(bx)
+        if n:
+            boxes[i, :n] = torch.as_tensor(bx, dtype=torch.float32)
+            labels[i, :n] = torch.as_tensor(lb)
+            valid[i, :n] = True
+    return AssignInputs(anchors=anchors, num_per_level=list(counts), strides=list(strides), gt_boxes=boxes,
+                        gt_labels=labels, gt_valid=valid)
+
+
+def random_gts(n_images, max_gt, size=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_images):
+        n = int(torch.randint(0, max_gt + 1, (1,), generator=g))
+        xy = torch.rand(n, 2, generator=g) * size * 0.8
+        wh = torch.rand(n, 2, generator=g) * size * 0.5 + 4
+        out.append((torch.cat([xy, xy + wh], 1), torch.randint(0, 5, (n,), generator=g)))
+    return out
+
+
+def run(name, inputs):
+    cfg = AssignConfig(name=name)
+    return assign(inputs, cfg)
+
+
+# ---------------------------------------------------------------- hand-computed fixtures
+
+def test_max_iou_hand_computed():
+    anchors = torch.tensor([[0, 0, 10, 10], [5, 0, 15, 10], [20, 0, 30, 10], [100, 100, 110, 110.0]])
+    gt = torch.tensor([[0, 0, 10, 10], [8, 0, 18, 10.0]])
+    # IoU(a0,g0)=1; IoU(a1,g0)=50/150=1/3; IoU(a1,g1)=70/130=0.538; IoU(a2,g1)=0; a3 touches nothing.
+    inputs = make_inputs([(gt, [0, 1])], anchors=anchors, counts=[4], strides=[8])
+    r = assign_max_iou(inputs, MaxIoUConfig())
+    assert r.matched_gt.tolist() == [[0, 1, BG, BG]]
+    assert torch.allclose(r.iou[0, :2], torch.tensor([1.0, 70 / 130]))
+    # Raise the positive threshold: a1 (0.538) falls between thresholds, but is g1's best anchor -> kept.
+    r = assign_max_iou(inputs, MaxIoUConfig(pos_iou=0.6, neg_iou=0.4))
+    assert r.matched_gt.tolist() == [[0, 1, BG, BG]]
+    r = assign_max_iou(inputs, MaxIoUConfig(pos_iou=0.6, neg_iou=0.4, low_quality=False))
+    assert r.matched_gt.tolist() == [[0, IGNORE, BG, BG]]
+
+
+def test_atss_hand_computed():
+    # One level, 4x4 grid of 8x8 anchors (stride 8, scale 1 here): centres at 4, 12, 20, 28.
+    cfg = AnchorConfig(strides=[8], octave_base_scale=1.0)
+    anchors, counts = grid_anchors([(4, 4)], cfg)
+    gt = torch.tensor([[0.0, 0.0, 16.0, 16.0]])  # covers exactly the 4 top-left anchors
+    inputs = make_inputs([(gt, [3])], anchors=anchors, counts=counts, strides=[8])
+    r = assign_atss(inputs, ATSSConfig(topk=4))
+    # Candidates: the 4 anchors centred at (4|12, 4|12), IoU 64/256 = 0.25 each: std 0, all pass, all inside.
+    pos = r.matched_gt[0].view(4, 4) == 0
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    expected[:2, :2] = True
+    assert torch.equal(pos, expected)
+    assert torch.allclose(r.iou[0][r.matched_gt[0] == 0], torch.full((4,), 0.25))
+    # topk 5: a 5th candidate with IoU 0 gives mean 0.2 and unbiased std sqrt(0.05 / 4) = 0.112, so the
+    # threshold 0.312 exceeds every IoU: ATSS forces no positive and this GT gets none.
+    r = assign_atss(inputs, ATSSConfig(topk=5))
+    assert int((r.matched_gt[0] == 0).sum()) == 0
+
+
+def test_atss_conflict_goes_to_highest_iou():
+    cfg = AnchorConfig(strides=[8], octave_base_scale=2.0)
+    anchors, counts = grid_anchors([(4, 4)], cfg)
+    # Two overlapping GTs both around the anchor centred at (12, 12) (box [4,4,20,20]).
+    gts = torch.tensor([[4.0, 4.0, 20.0, 20.0], [2.0, 2.0, 22.0, 22.0]])
+    inputs = make_inputs([(gts, [0, 1])], anchors=anchors, counts=counts, strides=[8])
+    # topk 4: the anchor at (12, 12) and three at distance 8 (IoU 1/3 with GT 0, 0.32 with GT 1).
+    # Thresholds: GT 0: 0.5 + 0.333 = 0.833; GT 1: 0.402 + 0.159 = 0.561. The centre anchor passes both
+    # (IoU 1.0 and 0.64) and goes to GT 0, the higher IoU; GT 1 is left with no positive.
+    r = assign_atss(inputs, ATSSConfig(topk=4))
+    a = 1 * 4 + 1  # row 1, col 1
+    assert r.matched_gt[0, a].item() == 0
+    assert int((r.matched_gt[0] == 0).sum()) == 1
+    assert int((r.matched_gt[0] == 1).sum()) == 0
+
+
+# ---------------------------------------------------------------- references
+
+def test_max_iou_equals_torchvision_matcher():
+    matcher = Matcher(0.5, 0.4, allow_low_quality_matches=True)
+    anchors, counts = grid_anchors(
+        [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)],
+        AnchorConfig(octave_base_scale=4, scales_per_octave=3, aspect_ratios=[0.5, 1.0, 2.0]),
+    )
+    gts = [g for g in random_gts(24, 8, seed=1) if len(g[0])]
+    # Ties: a GT identical to two anchors' union-equal copies, and a GT equal to an anchor.
+    gts.append((torch.stack([anchors[10], anchors[10] + 0.0, anchors[200]]), torch.tensor([0, 1, 2])))
+    inputs = make_inputs(gts, anchors=anchors, counts=counts)
+    ours = assign_max_iou(inputs, MaxIoUConfig())
+    for i, (boxes, _) in enumerate(gts):
+        ref = matcher(box_iou(boxes, anchors))
+        assert torch.equal(ours.matched_gt[i], ref), f"image {i}"
+
+
+def atss_reference(boxes, anchors, counts, topk, eps=0.01):
+    """A plain per-GT loop of ATSS, written from the paper's Algorithm 1."""
+    n = anchors.shape[0]
+    best = torch.full((n,), -1.0)
+    owner = torch.full((n,), BG, dtype=torch.long)
+    centers = (anchors[:, :2] + anchors[:, 2:]) / 2
+    for g, box in enumerate(boxes):
+        ious = box_iou(box[None], anchors)[0]
+        gc = (box[:2] + box[2:]) / 2
+        d = (centers - gc).norm(dim=1)
+        cand, start = [], 0
+        for c in counts:
+            k = min(topk, c)
+            cand += (d[start:start + c].argsort(stable=True)[:k] + start).tolist()
+            start += c
+        cand = torch.tensor(cand)
+        ci = ious[cand]
+        thr = ci.mean() + ci.std()
+        for a, v in zip(cand.tolist(), ci.tolist()):
+            inside = min(centers[a, 0] - box[0], centers[a, 1] - box[1], box[2] - centers[a, 0], box[3] - centers[a, 1])
+            if v >= thr and inside > eps and v > best[a]:
+                best[a], owner[a] = v, g
+    return owner
+
+
+def test_atss_equals_per_gt_reference():
+    anchors, counts = grid_anchors([(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)], AnchorConfig())
+    gts = random_gts(12, 6, seed=2)
+    inputs = make_inputs(gts, anchors=anchors, counts=counts)
+    ours = assign_atss(inputs, ATSSConfig())
+    for i, (boxes, _) in enumerate(gts):
+        ref = atss_reference(boxes, anchors, counts, 9)
+        # Distance ties may order candidates differently; they are rare with random float boxes.
+        assert torch.equal(ours.matched_gt[i], ref), f"image {i}"
+
+
+# ---------------------------------------------------------------- edge-case matrix over every assigner
+
+@pytest.mark.parametrize("name", list(ASSIGNERS))
+def test_no_gt(name):
+    r = run(name, make_inputs([([], []), ([], [])]))
+    assert (r.matched_gt == BG).all() and r.matched_gt.shape[0] == 2
+
+
+@pytest.mark.parametrize("name", list(ASSIGNERS))
+def test_all_gt_padding(name):
+    inputs = make_inputs([([], [])], pad_to=3, junk_padding=True)
+    r = run(name, inputs)
+    assert (r.matched_gt == BG).all()
+
+
+@pytest.mark.parametrize("name", list(ASSIGNERS))
+def test_no_anchors(name):
+    inputs = make_inputs(random_gts(2, 3, seed=3), anchors=torch.zeros(0, 4), counts=[0, 0, 0, 0, 0])
+    r = run(name, inputs)
+    assert r.matched_gt.shape == (2, 0)
+
+
+@pytest.mark.parametrize("name", list(ASSIGNERS))
+def test_batched_equals_per_image(name):
+    gts = random_gts(6, 7, seed=4)
+    batched = run(name, make_inputs(gts))
+    for i, g in enumerate(gts):
+        single = run(name, make_inputs([g]))
+        assert torch.equal(batched.matched_gt[i], single.matched_gt[0])
+        assert torch.allclose(batched.iou[i], single.iou[0])
+
+
+@pytest.mark.parametrize("name", list(ASSIGNERS))
+def test_padding_invariance(name):
+    gts = random_gts(4, 5, seed=5)
+    a = run(name, make_inputs(gts))
+    b = run(name, make_inputs(gts, pad_to=12, junk_padding=True))
+    assert torch.equal(a.matched_gt, b.matched_gt)
+    assert torch.allclose(a.iou, b.iou)
+
+
+@pytest.mark.parametrize("name", list(ASSIGNERS))
+def test_deterministic(name):
+    inputs = make_inputs(random_gts(4, 6, seed=6))
+    a, b = run(name, inputs), run(name, inputs)
+    assert torch.equal(a.matched_gt, b.matched_gt)
+
+
+@pytest.mark.parametrize("name", list(ASSIGNERS))
+def test_one_anchor_wanted_by_two_gts(name):
+    # Two identical GTs: every anchor has equal IoU with both; each positive goes to exactly one.
+    box = [[20.0, 20.0, 84.0, 84.0]]
+    r = run(name, make_inputs([(box * 2, [0, 1])]))
+    pos = r.matched_gt[0] >= 0
+    assert pos.any()
+    assert set(r.matched_gt[0][pos].tolist()) <= {0, 1}
+
+
+@pytest.mark.parametrize("name", list(ASSIGNERS))
+def test_chunked_equals_whole(name, monkeypatch):
+    import detector.assigners as A
+
+    inputs = make_inputs(random_gts(5, 6, seed=7))
+    whole = run(name, inputs)
+    monkeypatch.setattr(A, "MAX_BATCH_ELEMENTS", 1)  # one image per chunk
+    chunked = run(name, inputs)
+    assert torch.equal(whole.matched_gt, chunked.matched_gt)
+
+
+@pytest.mark.parametrize("name", list(ASSIGNERS))
+def test_crowd_regions_ignore_background(name):
+    inputs = make_inputs([([[0.0, 0.0, 20.0, 20.0]], [0])])
+    inputs.ignore_boxes = torch.tensor([[[60.0, 60.0, 200.0, 200.0]]])
+    inputs.ignore_valid = torch.tensor([[True]])
+    r = assign(inputs, AssignConfig(name=name))
+    centers = (inputs.anchors[:, :2] + inputs.anchors[:, 2:]) / 2
+    inside = ((centers >= 60) & (centers <= 200)).all(1) & ((inputs.anchors[:, 2:] - inputs.anchors[:, :2]) < 60).all(1)
+    assert (r.matched_gt[0][inside] == IGNORE).all()
+    assert (r.matched_gt[0] >= 0).any()  # the real GT keeps its positives
+
+
+def test_labels_of_result():
+    inputs = make_inputs([([[0.0, 0.0, 32.0, 32.0]], [4])])
+    r = run("max_iou", inputs)
+    labels = r.labels(inputs.gt_labels)
+    assert set(labels[r.positive].tolist()) == {4}
+    assert (labels[~r.positive] < 0).all()
