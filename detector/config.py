@@ -153,6 +153,7 @@ class TrainConfig:
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
+    flush_denormal: bool = True  # CPU: denormal floats slow convolutions several-fold
     checkpoint_every: int = 5000
     log_every: int = 1
     eval_at_end: bool = True

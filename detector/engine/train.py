@@ -99,6 +99,7 @@ def train(cfg: Config, workspace: Path, hooks: TrainHooks | None = None, resume:
         torch.set_num_threads(tc.num_threads)
     seed_everything(tc.seed, tc.deterministic)
     device = resolve_device(tc.device)
+    torch.set_flush_denormal(tc.flush_denormal)
     workdir = run_dir(cfg, workspace)
     workdir.mkdir(parents=True, exist_ok=True)
 

@@ -1,0 +1,134 @@
+"""Training-step time of anchorlab next to torchvision's FCOS with the same backbone, image size and batch.
+
+Both detectors get the same backbone + FPN (built from the config), the same number of head convs,
+the same random batch, and run forward + backward + SGD step. Each runs in its own subprocess so
+its peak memory (max RSS on CPU, max allocated on CUDA) is its own.
+
+    python bench/train_step.py                         # quick profile, ATSS, CPU
+    python bench/train_step.py -c studies/configs/retinanet_iou.yaml -c studies/configs/quick.yaml
+    python bench/train_step.py --device cuda --set train.batch_size=16
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def random_batch(b, size, num_gt, num_classes, device):
+    import torch
+
+    from detector.data.batch import Batch
+
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(b, num_gt, 2, generator=g) * size * 0.7
+    wh = torch.rand(b, num_gt, 2, generator=g) * size * 0.3 + 8
+    return Batch(
+        images=torch.randn(b, 3, size, size, generator=g), image_sizes=torch.full((b, 2), size),
+        gt_boxes=torch.cat([xy, xy + wh], -1), gt_labels=torch.randint(0, num_classes, (b, num_gt), generator=g),
+        gt_valid=torch.ones(b, num_gt, dtype=torch.bool), ignore_boxes=torch.zeros(b, 0, 4),
+        ignore_valid=torch.zeros(b, 0, dtype=torch.bool), image_ids=torch.arange(b), scales=torch.ones(b),
+    ).to(device)
+
+
+def measure(which: str, cfg_paths: list[str], overrides: list[str], device: str, steps: int, warmup: int) -> dict:
+    import torch
+    from torch import nn
+
+    from detector.config import load_config
+    from detector.engine.train import TrainStep
+    from detector.model.detector import DenseDetector
+
+    # Denormal floats make CPU convolutions many times slower; flush them to zero for both detectors.
+    torch.set_flush_denormal(True)
+    cfg = load_config(cfg_paths, overrides)
+    size, b, num_classes, num_gt = cfg.data.min_size[0], cfg.train.batch_size, 8, 10
+    dev = torch.device(device)
+    batch = random_batch(b, size, num_gt, num_classes, dev)
+    ours = DenseDetector(cfg.model, num_classes)
+    if which == "anchorlab":
+        model, step = ours.to(dev), TrainStep(ours.to(dev), cfg)
+
+        def run():
+            return step(batch)[0]["loss"]
+    else:
+        from torchvision.models.detection import FCOS
+        from torchvision.models.detection.anchor_utils import AnchorGenerator
+        from torchvision.models.detection.fcos import FCOSHead
+
+        class BackboneFPN(nn.Module):  # our backbone + FPN, in torchvision's interface
+            def __init__(self):
+                super().__init__()
+                self.body, self.fpn, self.out_channels = ours.backbone, ours.fpn, cfg.model.head.fpn_width
+
+            def forward(self, x):
+                return OrderedDict((str(i), f) for i, f in enumerate(ours.features(x)))
+
+        anchor_gen = AnchorGenerator(tuple((s * 8,) for s in cfg.model.anchors.strides), ((1.0,),) * 5)
+        head = FCOSHead(cfg.model.head.fpn_width, 1, num_classes, num_convs=cfg.model.head.num_convs)
+        model = FCOS(BackboneFPN(), num_classes, min_size=size, max_size=size, anchor_generator=anchor_gen,
+                     head=head).to(dev)
+        images = list(batch.images)
+        targets = [{"boxes": bx[v], "labels": lb[v]} for bx, lb, v in zip(batch.gt_boxes, batch.gt_labels, batch.gt_valid)]
+
+        def run():
+            return sum(model(images, targets).values())
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    times = []
+    for i in range(warmup + steps):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        loss = run()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    times.sort()
+    peak = (torch.cuda.max_memory_allocated() if dev.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"which": which, "median_s": times[len(times) // 2], "peak_mb": peak / 2**20, "batch": b, "size": size,
+            "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-c", "--config", action="append", default=None)
+    p.add_argument("--set", action="append", default=[])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--only", choices=["anchorlab", "fcos"], help=argparse.SUPPRESS)
+    a = p.parse_args()
+    configs = a.config or [str(ROOT / "studies/configs/atss.yaml"), str(ROOT / "studies/configs/quick.yaml")]
+    if a.only:
+        print(json.dumps(measure(a.only, configs, a.set, a.device, a.steps, a.warmup)))
+        return
+    rows = []
+    for which in ("anchorlab", "fcos"):
+        cmd = [sys.executable, __file__, "--only", which, "--device", a.device, "--steps", str(a.steps),
+               "--warmup", str(a.warmup)] + sum([["-c", c] for c in configs], []) + sum([["--set", s] for s in a.set], [])
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    print(f"configs: {' + '.join(Path(c).name for c in configs)}  device: {a.device}  "
+          f"batch {rows[0]['batch']} x {rows[0]['size']} px")
+    for r in rows:
+        print(f"  {r['which']:<10} step {1000 * r['median_s']:8.1f} ms   peak {r['peak_mb']:8.1f} MB   "
+              f"params {r['params_m']:.2f} M")
+    print(f"  ratio anchorlab / torchvision FCOS: {rows[0]['median_s'] / rows[1]['median_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

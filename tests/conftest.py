@@ -1,0 +1,46 @@
+"""Shared fixtures: one tiny synthetic workspace per session and a tiny CPU config."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from detector.config import build_config, deep_merge
+
+TINY = {
+    "name": "tiny",
+    "data": {
+        "dataset": "synth",
+        "synth": {"train": 8, "val": 4, "size": 96, "seed": 3, "max_objects": 6},
+        "min_size": [96], "max_size": 96, "test_min_size": 96,
+    },
+    "model": {
+        "backbone": {"name": "tiny", "tiny_width": 8},
+        "head": {"fpn_width": 16, "width": 16, "num_convs": 1, "gn_groups": 8},
+    },
+    "train": {"iterations": 3, "batch_size": 2, "warmup_iters": 1, "checkpoint_every": 2, "num_threads": 1},
+}
+
+
+def tiny_config(**delta):
+    return build_config(deep_merge(TINY, delta))
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    """The tiny synthetic benchmark, generated once per session (a workspace's data/ folder)."""
+    from detector.config import SynthConfig
+    from detector.data.synth import ensure_dataset
+
+    data = tmp_path_factory.mktemp("data")
+    ensure_dataset(data, SynthConfig(**TINY["data"]["synth"]), workers=1)
+    return data
+
+
+@pytest.fixture
+def workspace(tmp_path, synth_data) -> Path:
+    """A fresh workspace per test (own checkpoints and MLflow store) sharing the session's data."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "data").symlink_to(synth_data, target_is_directory=True)
+    return ws

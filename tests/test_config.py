@@ -1,0 +1,68 @@
+"""Typed config: unknown keys and wrong types are one-line errors naming the key."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from detector.config import ConfigError, build_config, config_hash, load_config, parse_override
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_the_papers():
+    cfg = build_config({})
+    assert cfg.model.backbone.name == "resnet50" and cfg.data.min_size == [800]
+    assert cfg.loss.focal_alpha == 0.25 and cfg.loss.focal_gamma == 2.0
+    assert cfg.model.box_coder.weights == [10.0, 10.0, 5.0, 5.0]
+    assert cfg.assign.max_iou.pos_iou == 0.5 and cfg.assign.max_iou.neg_iou == 0.4
+
+
+def test_unknown_key_names_key_and_siblings():
+    with pytest.raises(ConfigError) as e:
+        build_config({"train": {"iteratons": 10}})
+    msg = str(e.value)
+    assert "train.iteratons" in msg and "iterations" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("data,key", [
+    ({"train": {"iterations": "ten"}}, "train.iterations"),
+    ({"train": {"amp": 1}}, "train.amp"),
+    ({"data": {"min_size": 800}}, "data.min_size"),
+    ({"model": {"head": {"aux": "quality"}}}, "model.head.aux"),
+    ({"assign": {"name": "nope"}}, "assign.name"),
+    ({"model": "big"}, "model"),
+])
+def test_wrong_types_and_choices(data, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        build_config(data)
+
+
+def test_overrides_and_layering():
+    cfg = load_config([ROOT / "studies/configs/atss.yaml", ROOT / "studies/configs/quick.yaml"],
+                      ["train.iterations=7", "model.anchors.aspect_ratios=[0.5, 1, 2]", "assign.atss.topk=5"])
+    assert cfg.assign.name == "atss" and cfg.model.backbone.name == "tiny"
+    assert cfg.train.iterations == 7 and cfg.assign.atss.topk == 5
+    assert cfg.model.anchors.aspect_ratios == [0.5, 1.0, 2.0]
+    assert parse_override("a.b=c") == {"a": {"b": "c"}}
+    with pytest.raises(ConfigError):
+        parse_override("no-equals-sign")
+
+
+def test_shipped_configs_validate():
+    for path in (ROOT / "studies/configs").glob("*.yaml"):
+        load_config([path])
+
+
+def test_malformed_yaml_is_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {iterations: 3\n  bad")
+    with pytest.raises(ConfigError) as e:
+        load_config([bad])
+    assert "bad.yaml" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_hash_changes_with_any_field():
+    a = build_config({})
+    assert config_hash(a) == config_hash(build_config({}))
+    assert config_hash(a) != config_hash(build_config({"train": {"seed": 1}}))
