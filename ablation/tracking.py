@@ -8,11 +8,13 @@ mlflow is imported inside the functions that need it, so importing this module i
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -209,6 +211,23 @@ class MlflowHooks(TrainHooks):
             self.client.log_artifacts(self.run_id, str(path), dest)
         else:
             self.client.log_artifact(self.run_id, str(path), folder or None)
+
+    def on_records(self, iteration: int, kind: str, records: list | dict) -> None:
+        """Store records as JSON plus a figure, under `<kind>/` with the iteration in the file name."""
+        from dashboards.assign_figures import plot_gmm_fits, plot_positives_histogram
+
+        name = f"{kind}_{int(iteration):07d}"
+        with tempfile.TemporaryDirectory() as tmp:
+            data = Path(tmp) / f"{name}.json"
+            data.write_text(json.dumps({"iteration": iteration, "records": records}))
+            figure = Path(tmp) / f"{name}.png"
+            if kind == "gmm_fits":
+                plot_gmm_fits(records, figure, title=f"iteration {iteration}")
+            elif kind == "positives_per_gt":
+                plot_positives_histogram(records["counts"], figure, title=f"iteration {iteration}")
+            for path in (data, figure):
+                if path.exists():
+                    self.client.log_artifact(self.run_id, str(path), kind)
 
     def on_end(self, status: str, reason: str = "") -> None:
         """Flush, record the non-finite count and the reason, and close the run with `status`."""

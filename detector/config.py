@@ -120,10 +120,31 @@ class ATSSConfig:
 
 
 @dataclass
+class PAAConfig:
+    """Probabilistic anchor assignment (Kim & Lee, ECCV 2020); defaults are the official code's."""
+
+    iou_thresh: float = 0.1  # first matching: anchor -> its max-IoU GT when IoU >= this
+    low_quality: bool = True  # first matching keeps each GT's best anchors whatever their IoU
+    topk: int = 9  # candidates per pyramid level per GT (lowest anchor scores)
+    score_giou_weight: float = 1.0  # anchor score = focal + w * (1 - GIoU); mmdet effectively uses 1.3
+    score_focal_alpha: float = 0.25
+    score_focal_gamma: float = 2.0
+    separation: str = "c"  # Fig. 3: a | b | c | d
+    edge_cases: str = "official"  # official | mmdet (1 candidate, no fg component, fg-only prefix)
+    fnp: int = 0  # > 0: Table 1 FNP, the n lowest-score candidates of each GT are positive
+    fsr: float = 0.0  # > 0: Table 1 FSR, candidates with exp(-score) > tau are positive
+    gmm_tol: float = 1e-3
+    gmm_max_iter: int = 100
+    gmm_reg_covar: float = 1e-6
+    gmm_float64: bool = False
+
+
+@dataclass
 class AssignConfig:
     name: str = "max_iou"  # a key of detector.assigners.ASSIGNERS
     max_iou: MaxIoUConfig = field(default_factory=MaxIoUConfig)
     atss: ATSSConfig = field(default_factory=ATSSConfig)
+    paa: PAAConfig = field(default_factory=PAAConfig)
     ignore_iof: float = 0.5  # anchors covered more than this by a crowd region are ignored
 
 
@@ -133,6 +154,7 @@ class LossConfig:
     focal_gamma: float = 2.0
     reg: str = "giou"  # giou | l1
     reg_weight: float = 1.0
+    reg_iou_weighted: bool = False  # PAA: weight each positive's GIoU loss by its IoU target, normalise by their sum
     aux_weight: float = 1.0
 
 
@@ -156,7 +178,18 @@ class TrainConfig:
     flush_denormal: bool = True  # CPU: denormal floats slow convolutions several-fold
     checkpoint_every: int = 5000
     log_every: int = 1
+    record_every: int = 100  # iterations between records for figures: positives-per-GT, GMM fits (0 = never)
+    record_gts: int = 8  # GTs sampled per GMM-fit record
     eval_at_end: bool = True
+
+
+@dataclass
+class VotingConfig:
+    """Score voting (PAA, Sec. 3.4): kept boxes become score- and IoU-weighted averages of their neighbours."""
+
+    enabled: bool = False
+    sigma: float = 0.025  # both reference codes; one paper version prints 0.0025
+    iou_thresh: float = 0.01  # neighbours: same-class pre-NMS boxes with IoU above this
 
 
 @dataclass
@@ -166,6 +199,7 @@ class InferenceConfig:
     nms_thresh: float = 0.5
     max_detections: int = 100
     score_fusion: str = "none"  # none | product | sqrt_product  (cls score with the aux branch)
+    voting: VotingConfig = field(default_factory=VotingConfig)
 
 
 @dataclass
@@ -188,6 +222,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.head.aux": ("none", "iou", "centerness"),
     "loss.reg": ("giou", "l1"),
     "inference.score_fusion": ("none", "product", "sqrt_product"),
+    "assign.paa.separation": ("a", "b", "c", "d"),
+    "assign.paa.edge_cases": ("official", "mmdet"),
 }
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, box_iou
 
 from detector.box_coder import BoxCoder
 from detector.config import InferenceConfig
@@ -23,6 +23,18 @@ def fused_scores(out: HeadOutput, fusion: str) -> Tensor:
     return fused.sqrt() if fusion == "sqrt_product" else fused
 
 
+def score_voting(kept_boxes: Tensor, kept_labels: Tensor, boxes: Tensor, scores: Tensor, labels: Tensor,
+                 sigma: float, iou_thresh: float) -> Tensor:
+    """Score voting (PAA Sec. 3.4): each kept box [K, 4] becomes the average of the same-class pre-NMS
+    boxes [N, 4] with IoU > `iou_thresh`, weighted by exp(-(1 - IoU)^2 / sigma) x score. Scores unchanged.
+    """
+    iou = box_iou(kept_boxes, boxes)  # [K, N]
+    near = (iou > iou_thresh) & (kept_labels[:, None] == labels[None, :])
+    w = torch.exp(-(1.0 - iou) ** 2 / sigma) * scores[None, :] * near
+    voted = (w @ boxes) / w.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    return torch.where(w.sum(dim=1, keepdim=True) > 0, voted, kept_boxes)
+
+
 @torch.no_grad()
 def postprocess(
     out: HeadOutput,
@@ -32,7 +44,9 @@ def postprocess(
     box_coder: BoxCoder,
     cfg: InferenceConfig,
 ) -> list[dict[str, Tensor]]:
-    """Returns, per image, {"boxes": (n, 4) xyxy in resized pixels, "scores": (n,), "labels": (n,)}."""
+    """Returns, per image, {"boxes": (n, 4) xyxy in resized pixels, "scores": (n,), "labels": (n,)}
+    plus "aux": (n,) the aux branch's probability (predicted IoU or centerness) when the head has one.
+    """
     scores = fused_scores(out, cfg.score_fusion)  # (B, A, C)
     b, _, c = scores.shape
     device = scores.device
@@ -61,8 +75,16 @@ def postprocess(
          torch.minimum(boxes[:, 2], hw[:, 1]), torch.minimum(boxes[:, 3], hw[:, 0])], dim=1
     )
     keep = batched_nms(boxes, kept_scores, img_idx * c + labels, cfg.nms_thresh)  # sorted by score
+    aux = out.aux_logits[img_idx, anchor_idx].float().sigmoid() if out.aux_logits is not None else None
     results = []
     for i in range(b):
         mine = keep[img_idx[keep] == i][: cfg.max_detections]
-        results.append({"boxes": boxes[mine], "scores": kept_scores[mine], "labels": labels[mine]})
+        det = {"boxes": boxes[mine], "scores": kept_scores[mine], "labels": labels[mine]}
+        if cfg.voting.enabled and len(mine):
+            pool = img_idx == i
+            det["boxes"] = score_voting(det["boxes"], det["labels"], boxes[pool], kept_scores[pool], labels[pool],
+                                        cfg.voting.sigma, cfg.voting.iou_thresh)
+        if aux is not None:
+            det["aux"] = aux[mine]
+        results.append(det)
     return results

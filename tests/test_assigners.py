@@ -31,8 +31,16 @@ def make_inputs(gt_list, anchors=None, counts=None, strides=(8, 16, 32, 64, 128)
             boxes[i, :n] = torch.as_tensor(bx, dtype=torch.float32)
             labels[i, :n] = torch.as_tensor(lb)
             valid[i, :n] = True
+    # Predictions for prediction-dependent assigners (PAA): a fixed function of the anchor index, the
+    # same in every image, so that batched and per-image runs see identical inputs.
+    a = anchors.shape[0]
+    idx = torch.arange(a, dtype=torch.float32)
+    cls_logits = torch.stack([torch.sin(idx * (c + 1)) * 2 - 2 for c in range(5)], 1)[None].expand(b, -1, -1)
+    jitter = torch.stack([torch.sin(idx * 0.7), torch.cos(idx * 1.3), torch.sin(idx * 2.1), torch.cos(idx)], 1)
+    pred_boxes = (anchors + 4 * jitter)[None].expand(b, -1, -1)
     return AssignInputs(anchors=anchors, num_per_level=list(counts), strides=list(strides), gt_boxes=boxes,
-                        gt_labels=labels, gt_valid=valid)
+                        gt_labels=labels, gt_valid=valid, cls_logits=cls_logits.contiguous(),
+                        pred_boxes=pred_boxes.contiguous())
 
 
 def random_gts(n_images, max_gt, size=64, seed=0):

@@ -12,10 +12,12 @@ import torch
 from detector.assigners.atss import assign_atss
 from detector.assigners.base import BG, IGNORE, AssignInputs, AssignResult, apply_ignore_regions
 from detector.assigners.max_iou import assign_max_iou
+from detector.assigners.paa import assign_paa
 
 ASSIGNERS = {
     "max_iou": (assign_max_iou, "max_iou"),
     "atss": (assign_atss, "atss"),
+    "paa": (assign_paa, "paa"),
 }
 
 # Above this many (image, GT, anchor) entries the batch is assigned in chunks of images: the

@@ -27,6 +27,9 @@ class TrainHooks:
     def on_artifact(self, path: Path, folder: str = "") -> None:
         """A file worth keeping with the run (figures, histograms)."""
 
+    def on_records(self, iteration: int, kind: str, records: list | dict) -> None:
+        """Periodic structured records (kind "gmm_fits": PAA GMM fits; "positives_per_gt": raw counts)."""
+
     def on_end(self, status: str, reason: str = "") -> None:
         """Called once: status is 'FINISHED' or 'FAILED' (reason says why)."""
 
@@ -60,6 +63,10 @@ class HookList(TrainHooks):
     def on_artifact(self, path, folder=""):
         for h in self.hooks:
             h.on_artifact(path, folder)
+
+    def on_records(self, iteration, kind, records):
+        for h in self.hooks:
+            h.on_records(iteration, kind, records)
 
     def on_end(self, status, reason=""):
         for h in self.hooks:

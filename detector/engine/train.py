@@ -24,6 +24,7 @@ from detector.engine.diagnostics import assignment_diagnostics
 from detector.engine.evaluate import evaluate_model
 from detector.engine.hooks import TrainHooks
 from detector.engine.optim import build_optimizer, lr_at, set_lr
+from detector.engine.records import gmm_records, gmm_summary, positives_histogram
 from detector.losses.dense import dense_losses
 from detector.model.anchors import anchors_per_location
 from detector.model.detector import DenseDetector
@@ -68,6 +69,7 @@ class TrainStep:
     def __init__(self, model: DenseDetector, cfg: Config):
         self.model, self.cfg = model, cfg
         self.coder = BoxCoder(cfg.model.box_coder.weights, cfg.model.box_coder.clamp)
+        self.assign_seconds = 0.0  # wall time of the last assignment (CPU-accurate; async on CUDA)
 
     def __call__(self, batch) -> tuple[dict[str, torch.Tensor], object, list[int]]:
         out, anchors, counts = self.model(batch.images)
@@ -80,7 +82,9 @@ class TrainStep:
             ignore_boxes=batch.ignore_boxes, ignore_valid=batch.ignore_valid,
             cls_logits=out.cls_logits.detach(), pred_boxes=pred_boxes,
         )
+        t = time.perf_counter()
         result = assign(inputs, self.cfg.assign)
+        self.assign_seconds = time.perf_counter() - t
         losses = dense_losses(
             out, anchors, result, batch.gt_boxes, batch.gt_labels, self.coder, self.cfg.loss, self.cfg.model.head.aux
         )
@@ -157,9 +161,16 @@ def train(cfg: Config, workspace: Path, hooks: TrainHooks | None = None, resume:
         if done % tc.log_every == 0 or done == tc.iterations:
             scalars = {k: v.item() for k, v in losses.items()}
             scalars.update(assignment_diagnostics(result, batch.gt_valid, counts))
+            scalars.update(gmm_summary(result))
             now = time.perf_counter()
-            scalars.update({"lr": lr, "time/step_s": now - t_step, "time/data_s": t_step - t_data})
+            scalars.update({"lr": lr, "time/step_s": now - t_step, "time/data_s": t_step - t_data,
+                            "time/assign_s": step.assign_seconds})
             hooks.on_iteration(done, scalars)
+        if tc.record_every > 0 and (done % tc.record_every == 0 or done == 1):
+            hooks.on_records(done, "positives_per_gt", positives_histogram(result, batch.gt_valid))
+            fits = gmm_records(result, tc.record_gts, seed=done)
+            if fits:
+                hooks.on_records(done, "gmm_fits", fits)
         if tc.checkpoint_every > 0 and done % tc.checkpoint_every == 0 and done < tc.iterations:
             last_ckpt = save_checkpoint(workdir / LAST, model, optimizer, scaler, done)
             hooks.on_checkpoint(done, last_ckpt)

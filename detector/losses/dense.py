@@ -2,7 +2,8 @@
 
 - classification: sigmoid focal loss over every non-ignored anchor and class (Lin et al., 2017);
 - regression: GIoU loss of the decoded box (or L1 on the encoded deltas) over positives,
-  multiplied by the assignment's per-positive weight;
+  multiplied by the assignment's per-positive weight (PAA: also by the detached IoU target, and
+  then normalised by the sum of those targets instead of the number of positives);
 - auxiliary branch: BCE against the IoU of the detached decoded box with its GT (PAA) or the
   anchor centre's centerness (FCOS/ATSS), over positives.
 All three are normalised by the batch's number of positives (at least 1).
@@ -70,11 +71,16 @@ def dense_losses(
         per_pos = 1.0 - aligned_giou(pred_boxes, gt)
     else:
         per_pos = F.l1_loss(deltas, box_coder.encode(gt, pos_anchors), reduction="none").sum(-1)
-    losses = {"loss_cls": loss_cls, "loss_reg": cfg.reg_weight * (per_pos * weight).sum() / num_pos}
+    iou_target = aligned_iou(pred_boxes.detach(), gt)
+    if cfg.reg_iou_weighted:  # PAA: well-localised positives count more; normalised by the weights' sum
+        loss_reg = (per_pos * weight * iou_target).sum() / iou_target.sum().clamp(min=1e-6)
+    else:
+        loss_reg = (per_pos * weight).sum() / num_pos
+    losses = {"loss_cls": loss_cls, "loss_reg": cfg.reg_weight * loss_reg}
 
     if out.aux_logits is not None:
         if aux == "iou":
-            aux_target = aligned_iou(pred_boxes.detach(), gt)
+            aux_target = iou_target
         else:
             aux_target = centerness_target(box_centers(pos_anchors), gt)
         aux_logits = out.aux_logits[img_idx, anchor_idx].float()
