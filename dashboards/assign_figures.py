@@ -33,7 +33,7 @@ def plot_gmm_fits(records: list[dict], path: str | Path, title: str = "") -> Pat
             ax.plot(xs, w * np.exp(-0.5 * ((xs - mu) / sd) ** 2) / (sd * math.sqrt(2 * math.pi)), color=color, lw=1.2)
         if rec.get("boundary") is not None:
             ax.axvline(rec["boundary"], color="k", ls="--", lw=1)
-        ax.set_title(f"GT {rec['gt_row']} cls {rec['label']}: {rec['n_positives']}/{rec['n_candidates']} pos", fontsize=8)
+        ax.set_title(f"img {rec['image']} GT {rec['gt']} cls {rec['label']}: {rec['n_positives']}/{rec['n_candidates']} pos", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.set_xlabel("anchor score (lower = better)", fontsize=7)
     axes.flat[0].legend(fontsize=6)

@@ -29,10 +29,13 @@ def batched_box_iou(gt: Tensor, anchors: Tensor) -> Tensor:
     """IoU of padded GTs with shared anchors: [B, M, 4] x [A, 4] -> [B, M, A].
 
     Padding rows give arbitrary values; callers mask them with their valid mask.
+    The (B, M, A) tensors dominate every assigner's cost, so this works in place on few of them.
     """
-    inter = _intersection(gt[:, :, None, :], anchors[None, None, :, :])
-    union = box_area(gt)[:, :, None] + box_area(anchors)[None, None, :] - inter
-    return inter / union.clamp(min=1e-9)
+    g, a = gt[:, :, None, :], anchors[None, None, :, :]
+    inter = torch.minimum(g[..., 2], a[..., 2]).sub_(torch.maximum(g[..., 0], a[..., 0])).clamp_(min=0)
+    inter.mul_(torch.minimum(g[..., 3], a[..., 3]).sub_(torch.maximum(g[..., 1], a[..., 1])).clamp_(min=0))
+    union = (box_area(gt)[:, :, None] + box_area(anchors)[None, None, :]).sub_(inter).clamp_(min=1e-9)
+    return inter.div_(union)
 
 
 def box_iof(regions: Tensor, anchors: Tensor) -> Tensor:

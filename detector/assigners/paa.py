@@ -41,7 +41,7 @@ INF = float("inf")
 
 def first_matching(iou: Tensor, gt_valid: Tensor, cfg: PAAConfig) -> tuple[Tensor, Tensor]:
     """IoU (B, M, A) -> (matched GT (B, A) with -1 for none, its IoU (B, A))."""
-    iou = iou.masked_fill(~gt_valid[:, :, None], -1.0)
+    iou = iou.masked_fill(~gt_valid[:, :, None], -1.0)  # a copy: callers keep the unmasked IoU
     best_iou, best_gt = iou.max(dim=1)
     matched = torch.where(best_iou >= cfg.iou_thresh, best_gt, torch.full_like(best_gt, -1))
     if cfg.low_quality:
@@ -156,9 +156,9 @@ def assign_paa(inputs: AssignInputs, cfg: PAAConfig) -> AssignResult:
     """PAA labels for a batch (steps in the module docstring).
 
     Needs `inputs.cls_logits` (B, A, C) and `inputs.pred_boxes` (B, A, 4), detached.
-    `result.extras["paa"]` holds the per-(image, GT) rows (B*M of them) for diagnostics: sorted candidate
-    scores (B*M, N), their validity and positive flags, GT validity and labels, and the `GMMFit` (None
-    under `fnp` / `fsr`).
+    `result.extras["paa"]` holds one row per (image, GT) with candidates, for diagnostics: the image and
+    GT indices and label, sorted candidate scores (R, N), their validity and positive flags, and the
+    `GMMFit` of those rows (None under `fnp` / `fsr`).
     """
     if inputs.cls_logits is None or inputs.pred_boxes is None:
         raise ValueError("PAA needs detached predictions (cls_logits, pred_boxes) in AssignInputs")
@@ -173,15 +173,18 @@ def assign_paa(inputs: AssignInputs, cfg: PAAConfig) -> AssignResult:
     cand, cand_scores, cand_valid = select_candidates(scores, matched, m, inputs.num_per_level, cfg.topk)
     cand_valid &= inputs.gt_valid[:, :, None]
 
-    # Sort each GT's candidates by score (invalid ones last) and flatten the (image, GT) rows.
-    order = cand_scores.masked_fill(~cand_valid, INF).argsort(dim=2, stable=True)
-    cand = cand.gather(2, order).reshape(b * m, -1)
-    s = cand_scores.gather(2, order).reshape(b * m, -1)
-    v = cand_valid.gather(2, order).reshape(b * m, -1)
+    # One row per (image, GT) that has candidates (padding and candidate-less GTs cost nothing below),
+    # candidates sorted by score with the invalid ones last.
+    img_of_row, gt_of_row = cand_valid.any(dim=2).nonzero(as_tuple=True)
+    order = cand_scores[img_of_row, gt_of_row].masked_fill(~cand_valid[img_of_row, gt_of_row], INF).argsort(
+        dim=1, stable=True)
+    cand = cand[img_of_row, gt_of_row].gather(1, order)
+    s = cand_scores[img_of_row, gt_of_row].gather(1, order)
+    v = cand_valid[img_of_row, gt_of_row].gather(1, order)
     pos, ignore, fit = split_candidates(s, v, cfg)
 
-    gt_index = torch.arange(m, device=device).repeat(b)[:, None].expand_as(cand)
-    img_index = torch.arange(b, device=device).repeat_interleave(m)[:, None].expand_as(cand)
+    gt_index = gt_of_row[:, None].expand_as(cand)
+    img_index = img_of_row[:, None].expand_as(cand)
     matched_gt = torch.full((b, a), BG, dtype=torch.long, device=device)
     matched_gt[img_index[ignore], cand[ignore]] = IGNORE
     matched_gt[img_index[pos], cand[pos]] = gt_index[pos]
@@ -193,7 +196,7 @@ def assign_paa(inputs: AssignInputs, cfg: PAAConfig) -> AssignResult:
         weight=torch.ones(b, a, device=device),
     )
     result.extras["paa"] = {
-        "scores": s, "valid": v, "positive": pos, "gt_valid": inputs.gt_valid.reshape(-1),
-        "gt_labels": inputs.gt_labels.reshape(-1), "fit": fit,
+        "image": img_of_row, "gt": gt_of_row, "gt_labels": inputs.gt_labels[img_of_row, gt_of_row],
+        "scores": s, "valid": v, "positive": pos, "fit": fit,
     }
     return result

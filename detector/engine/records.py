@@ -44,7 +44,7 @@ def gmm_records(result: AssignResult, count: int, seed: int) -> list[dict]:
     if not isinstance(paa, dict) or paa.get("fit") is None:
         return []
     fit, valid, pos = paa["fit"], paa["valid"], paa["positive"]
-    rows = ((valid.sum(1) >= 2) & paa["gt_valid"]).nonzero().flatten()
+    rows = (valid.sum(1) >= 2).nonzero().flatten()
     if rows.numel() == 0:
         return []
     g = torch.Generator().manual_seed(seed)
@@ -55,7 +55,7 @@ def gmm_records(result: AssignResult, count: int, seed: int) -> list[dict]:
         scores, positive = paa["scores"][r][v].tolist(), pos[r][v].tolist()
         pos_scores = [s for s, p in zip(scores, positive) if p]
         out.append({
-            "gt_row": r, "label": int(paa["gt_labels"][r]), "scores": scores, "positive": positive,
+            "image": int(paa["image"][r]), "gt": int(paa["gt"][r]), "label": int(paa["gt_labels"][r]), "scores": scores, "positive": positive,
             "means": fit.means[r].tolist(), "stds": fit.variances[r].sqrt().tolist(), "weights": fit.weights[r].tolist(),
             "n_candidates": len(scores), "n_positives": len(pos_scores),
             "boundary": max(pos_scores) if pos_scores else None,
