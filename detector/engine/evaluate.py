@@ -29,48 +29,52 @@ def to_coco_results(dets: list[dict], image_ids, scales, label_to_cat_id: list[i
     return results
 
 
-def aux_errors(det: dict, gt_boxes: Tensor, gt_labels: Tensor, gt_valid: Tensor) -> Tensor:
-    """|aux prediction - true IoU| per detection; the true IoU is the best IoU with a same-class GT (0 if none)."""
+def true_ious(det: dict, gt_boxes: Tensor, gt_labels: Tensor, gt_valid: Tensor) -> Tensor:
+    """Per detection, the best IoU with a GT of its class (0 if none)."""
     iou = box_iou(det["boxes"], gt_boxes[gt_valid])
     iou = iou * (det["labels"][:, None] == gt_labels[gt_valid][None, :])
-    true = iou.amax(dim=1) if iou.shape[1] else torch.zeros(len(det["boxes"]), device=iou.device)
-    return (det["aux"] - true).abs()
+    return iou.amax(dim=1) if iou.shape[1] else torch.zeros(len(det["boxes"]), device=iou.device)
 
 
 @torch.no_grad()
 def predict(model, dataset, cfg: Config, device, progress: Callable[[int, int], None] | None = None):
-    """COCO-format detections of `model` on every image of `dataset`, and the mean |aux - true IoU| of them
-    (Table 2 right of PAA; meaningful when the aux branch predicts IoU; None without an aux branch)."""
+    """COCO-format detections of `model` on every image of `dataset`, and (aux prediction, true IoU) pairs
+    of those detections (for PAA's Table 2 right; empty without an aux branch)."""
     model.eval()
     coder = BoxCoder(cfg.model.box_coder.weights, cfg.model.box_coder.clamp)
     loader = build_eval_loader(dataset, cfg.train.batch_size, cfg.data.num_workers)
-    results, errors, done = [], [], 0
+    results, aux_pairs, done = [], [], 0
     for batch in loader:
         batch = batch.to(device)
         out, anchors, counts = model(batch.images)
         dets = postprocess(out, anchors, counts, batch.image_sizes, coder, cfg.inference)
         for i, det in enumerate(dets):
             if "aux" in det and len(det["boxes"]):
-                errors.append(aux_errors(det, batch.gt_boxes[i], batch.gt_labels[i], batch.gt_valid[i]))
+                true = true_ious(det, batch.gt_boxes[i], batch.gt_labels[i], batch.gt_valid[i])
+                aux_pairs.append(torch.stack([det["aux"], true], 1))
         results.extend(to_coco_results(dets, batch.image_ids, batch.scales, dataset.label_to_cat_id))
         done += len(batch)
         if progress:
             progress(done, len(dataset))
-    aux_error = torch.cat(errors).mean().item() if errors else None
-    return results, aux_error
+    return results, (torch.cat(aux_pairs) if aux_pairs else torch.zeros(0, 2))
 
 
 def evaluate_model(model, dataset, cfg: Config, device, out_dir: Path, progress=None) -> tuple[dict, dict]:
     """Predict, write `detections.json` and `metrics.json` into out_dir; returns (metrics, files).
 
-    metrics: the 12 COCO stats, plus "iou_pred_error" when the head's aux branch predicts IoU.
+    metrics: the 12 COCO stats; when the aux branch predicts IoU also the mean |predicted - true IoU|
+    over all kept detections ("iou_pred_error") and over those with true IoU >= 0.5 ("iou_pred_error_tp").
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results, aux_error = predict(model, dataset, cfg, device, progress)
+    results, aux_pairs = predict(model, dataset, cfg, device, progress)
     det_path = write_json(out_dir / "detections.json", results)
     metrics = evaluate_detections(dataset.ann_file, results, image_ids=list(dataset.image_ids))
-    if aux_error is not None and cfg.model.head.aux == "iou":
-        metrics["iou_pred_error"] = aux_error
+    if len(aux_pairs) and cfg.model.head.aux == "iou":
+        err = (aux_pairs[:, 0] - aux_pairs[:, 1]).abs()
+        tp = aux_pairs[:, 1] >= 0.5
+        metrics["iou_pred_error"] = err.mean().item()
+        if tp.any():
+            metrics["iou_pred_error_tp"] = err[tp].mean().item()
     metrics_path = write_json(out_dir / "metrics.json", metrics)
     return metrics, {"detections": det_path, "metrics": metrics_path}
