@@ -39,8 +39,12 @@ def random_batch(b, size, num_gt, num_classes, device):
     ).to(device)
 
 
-def measure(which: str, cfg_paths: list[str], overrides: list[str], device: str, steps: int, warmup: int) -> dict:
+def measure(which: str, cfg_paths: list[str], overrides: list[str], device: str, steps: int, warmup: int,
+            threads: int = 0) -> dict:
     import torch
+
+    if threads > 0:  # with another busy process, 2 OpenMP threads on 2 cores can be 10x slower than 1
+        torch.set_num_threads(threads)
     from torch import nn
 
     from detector.config import load_config
@@ -110,19 +114,20 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--only", choices=["anchorlab", "fcos"], help=argparse.SUPPRESS)
     a = p.parse_args()
     configs = a.config or [str(ROOT / "studies/configs/atss.yaml"), str(ROOT / "studies/configs/quick.yaml")]
     if a.only:
-        print(json.dumps(measure(a.only, configs, a.set, a.device, a.steps, a.warmup)))
+        print(json.dumps(measure(a.only, configs, a.set, a.device, a.steps, a.warmup, a.threads)))
         return
     rows = []
     for which in ("anchorlab", "fcos"):
         cmd = [sys.executable, __file__, "--only", which, "--device", a.device, "--steps", str(a.steps),
-               "--warmup", str(a.warmup)] + sum([["-c", c] for c in configs], []) + sum([["--set", s] for s in a.set], [])
+               "--warmup", str(a.warmup), "--threads", str(a.threads)] + sum([["-c", c] for c in configs], []) + sum([["--set", s] for s in a.set], [])
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
-    print(f"configs: {' + '.join(Path(c).name for c in configs)}  device: {a.device}  "
+    print(f"configs: {' + '.join(Path(c).name for c in configs)}  device: {a.device}  threads: {a.threads or 'default'}  "
           f"batch {rows[0]['batch']} x {rows[0]['size']} px")
     for r in rows:
         print(f"  {r['which']:<10} step {1000 * r['median_s']:8.1f} ms   peak {r['peak_mb']:8.1f} MB   "
