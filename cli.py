@@ -174,5 +174,131 @@ def ui(
         proc.terminate()
 
 
+# ---------------------------------------------------------------- studies
+study_app = typer.Typer(no_args_is_help=True, help="Ablation studies: one tracked run per row x seed, one paper table.")
+app.add_typer(study_app, name="study")
+_WORKSPACE_HELP = "Workspace (default $ANCHORLAB_HOME or ./anchorlab-runs)."
+_URI_HELP = "MLflow tracking URI (default: SQLite in the workspace)."
+_QUEUE_HELP = ("Work queue: a journal file path, or a PostgreSQL URL that several machines share "
+               "(default: <workspace>/queue/<study>.<profile>.journal).")
+
+
+@contextlib.contextmanager
+def _study_errors():
+    from ablation.queue import QueueError
+
+    with _user_errors():
+        try:
+            yield
+        except QueueError as exc:
+            _fail(str(exc))
+
+
+@study_app.command("run")
+def study_run(
+    file: Path = typer.Argument(..., help="Study file, e.g. studies/paa_table2_methods.yaml."),
+    profile: Optional[str] = typer.Option(None, help="paper (default), quick (CPU), smoke (tests), or the study's."),
+    workers: int = typer.Option(1, min=1, help="Local worker processes; CPU threads are split among them."),
+    gpus: Optional[str] = typer.Option(None, help="GPU ids, e.g. 0,1: one worker per GPU with CUDA_VISIBLE_DEVICES "
+                                       "pinned (instead of --workers)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List every run (label, seed, config hash, state) only."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed runs again (default: they stay so)."),
+    queue_storage: Optional[str] = typer.Option(None, help=_QUEUE_HELP),
+    heartbeat: float = typer.Option(10.0, min=0.1, help="Seconds between worker heartbeats; a run whose worker misses "
+                                    "6 is handed out again (at once when the worker was on this machine and is gone)."),
+    workspace: Optional[Path] = typer.Option(None, help=_WORKSPACE_HELP),
+    tracking_uri: Optional[str] = typer.Option(None, help=_URI_HELP),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Run a study: each row x seed is one tracked MLflow run under one parent run per profile.
+
+    Re-running the same command reuses finished runs (same config hash), resumes interrupted ones from
+    their last checkpoint and leaves failed ones failed (unless --retry-failed). Several invocations, or
+    machines sharing --queue-storage and the tracking store, can work on one study: each run goes to
+    exactly one worker. Prints the paper-style table at the end.
+    """
+    _setup_logging(verbose)
+    with _study_errors():
+        from ablation.runner import ProgressDisplay, RunnerSettings, format_plan, plan, run_study
+        from ablation.study import load_study
+
+        study = load_study(file)
+        profile = profile or study.default_profile()
+        gpu_ids = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else []
+        settings = RunnerSettings(workers=workers, gpus=gpu_ids, retry_failed=retry_failed,
+                                  queue_storage=queue_storage, heartbeat_s=heartbeat)
+        for warning in study.warnings.get(profile, []) if profile in study.profiles else []:
+            typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+        if dry_run:
+            entries, _ = plan(study, profile, workspace, tracking_uri, settings)
+            typer.echo(format_plan(study, profile, entries))
+            return
+        result = run_study(study, profile, settings, workspace, tracking_uri, display=ProgressDisplay())
+    typer.echo("")
+    typer.echo(result.table)
+    counts = ", ".join(f"{n} {k}" for k, n in result.counts.items() if n)
+    typer.echo(f"{counts}; tracked in {result.tracking_uri} (experiment '{result.experiment}', parent run "
+               f"{result.parent_run_id})")
+    ws_flag = f" --workspace {workspace}" if workspace else ""
+    typer.echo(f"open it in the MLflow UI with: anchorlab ui{ws_flag}")
+    if result.interrupted:
+        typer.echo("interrupted: run the same command again to resume")
+        raise typer.Exit(130)
+    if result.counts["finished"] + result.counts["failed"] < sum(result.counts.values()):
+        raise typer.Exit(1)
+
+
+@study_app.command("status")
+def study_status(
+    file: Path = typer.Argument(..., help="Study file."),
+    profile: Optional[str] = typer.Option(None, help="Profile (default: paper)."),
+    queue_storage: Optional[str] = typer.Option(None, help=_QUEUE_HELP),
+    workspace: Optional[Path] = typer.Option(None, help=_WORKSPACE_HELP),
+    tracking_uri: Optional[str] = typer.Option(None, help=_URI_HELP),
+):
+    """Every run of the study with its state (from MLflow) and the workers holding runs now (from the queue)."""
+    with _study_errors():
+        from ablation.runner import RunnerSettings, format_plan, plan
+        from ablation.study import load_study
+
+        study = load_study(file)
+        profile = profile or study.default_profile()
+        entries, running = plan(study, profile, workspace, tracking_uri, RunnerSettings(queue_storage=queue_storage))
+    typer.echo(format_plan(study, profile, entries))
+    for trial in running:
+        item, worker = trial.user_attrs["item"], trial.user_attrs.get("worker", {})
+        typer.echo(f"  live: {item['label']} [seed {item['seed']}] on {worker.get('host', '?').split('/')[0]} "
+                   f"pid {worker.get('pid', '?')}")
+
+
+@study_app.command("table")
+def study_table(
+    file: Path = typer.Argument(..., help="Study file."),
+    profile: Optional[str] = typer.Option(None, help="Profile (default: paper)."),
+    format_: str = typer.Option("md", "--format", help="md | latex | csv | html"),
+    out: Optional[Path] = typer.Option(None, help="Write here instead of stdout."),
+    reference: bool = typer.Option(False, "--reference", help="Put the paper's values and our difference beside ours."),
+    workspace: Optional[Path] = typer.Option(None, help=_WORKSPACE_HELP),
+    tracking_uri: Optional[str] = typer.Option(None, help=_URI_HELP),
+):
+    """The study's table from MLflow: paper order and labels, mean ± std over seeds, best in bold.
+
+    Failed rows read "training failed", rows without runs "pending". Also logged to the parent run.
+    """
+    with _study_errors():
+        from ablation.study import load_study
+        from ablation.tables import FORMATS
+        from ablation.tables import study_table as build
+
+        if format_ not in FORMATS:
+            _fail(f"--format '{format_}' is not one of {', '.join(FORMATS)}")
+        text = build(load_study(file), profile, format_, reference, workspace, tracking_uri)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        typer.echo(f"wrote {out}")
+
+
 if __name__ == "__main__":
     app()
