@@ -85,14 +85,12 @@ def _load(config: List[Path], overrides: List[str]):
 
 
 def _print_metrics(metrics: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="COCO val")
-    for name in metrics:
-        table.add_column(name, justify="right")
-    table.add_row(*[f"{100 * v:.1f}" if v >= 0 else "-" for v in metrics.values()])
-    Console().print(table)
+    """The metrics as two aligned lines (COCO stats in percent), readable in logs as in terminals."""
+    names = list(metrics)
+    cells = [f"{100 * v:.1f}" if v >= 0 else "-" for v in metrics.values()]
+    widths = [max(len(n), len(c)) for n, c in zip(names, cells)]
+    typer.echo("  ".join(n.rjust(w) for n, w in zip(names, widths)))
+    typer.echo("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
 
 
 @app.command()
