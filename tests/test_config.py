@@ -49,6 +49,13 @@ def test_overrides_and_layering():
         parse_override("no-equals-sign")
 
 
+def test_exponent_floats_are_numbers(tmp_path):
+    path = tmp_path / "lr.yaml"
+    path.write_text("train: {base_lr: 1.0e-2, weight_decay: 1e-4}\n")
+    cfg = load_config([path], ["train.momentum=9e-1"])
+    assert cfg.train.base_lr == 0.01 and cfg.train.weight_decay == 1e-4 and cfg.train.momentum == 0.9
+
+
 def test_shipped_configs_validate():
     for path in (ROOT / "studies/configs").glob("*.yaml"):
         load_config([path])
