@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from ablation.tracking import pid_alive
+
 ITEM = "item"
 WORKER = "worker"
 OUTCOME = "outcome"
@@ -54,16 +56,6 @@ def _host_id() -> str:
 
 
 HOST = _host_id()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True
-    return True
 
 
 def default_storage(workspace: Path, study: str, profile: str) -> str:

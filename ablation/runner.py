@@ -30,11 +30,11 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote
 
-from ablation.queue import DEFAULT_HEARTBEAT_S, HOST, WorkQueue, default_storage, pid_alive
+from ablation.queue import DEFAULT_HEARTBEAT_S, HOST, WorkQueue, default_storage
 from ablation.study import RunSpec, Study, expand, spec_hash
-from ablation.tables import FORMATS, build_table, fetch_records, find_parent, log_table, render, store_exists
+from ablation.tables import FORMATS, build_table, fetch_records, find_parent, log_table, render
+from ablation.tracking import ensure_store, pid_alive
 from detector.engine.hooks import TrainHooks
 
 MAX_CONSECUTIVE_ERRORS = 3  # a worker whose runs keep failing outside training stops
@@ -198,31 +198,6 @@ def _parent_ok(uri: str, run_id: str) -> bool:
         return MlflowClient(uri).get_run(run_id).info.lifecycle_stage == "active"
     except MlflowException:
         return False
-
-
-def ensure_store(uri: str) -> None:
-    """Create a missing SQLite store atomically: initialise a private file, then hard-link it into place.
-
-    MLflow builds a new store by running its migrations in place; a process killed meanwhile leaves a
-    half-migrated file that every later command fails on. Here the store appears complete or not at all.
-    """
-    if not uri.startswith("sqlite:///") or store_exists(uri):
-        return
-    from mlflow import MlflowClient
-
-    path = Path(unquote(uri[len("sqlite:///"):].split("?", 1)[0])).resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for old in path.parent.glob(f".{path.name}.*.init*"):  # left by killed launchers
-        if not pid_alive(int(old.name.split(".")[-2])):
-            old.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.init")
-    MlflowClient(f"sqlite:///{tmp}").search_experiments()
-    try:
-        os.link(tmp, path)  # fails if another launcher got there first: theirs is as good
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def prepare_parent(q: WorkQueue, study: Study, profile: str, uri: str, ws: Path) -> str:

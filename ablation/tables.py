@@ -14,9 +14,9 @@ import io
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from ablation.study import FAILED_REFERENCE, Study, expand
+from ablation.tracking import store_exists
 
 FORMATS = ("md", "latex", "csv", "html")
 FAILED_TEXT = "training failed"
@@ -39,14 +39,6 @@ class RunRecord:
     @property
     def reason(self) -> str:
         return self.tags.get("failure_reason", "")
-
-
-def store_exists(tracking_uri: str) -> bool:
-    """False for a SQLite store whose file is missing (reading it would create it)."""
-    if urlparse(tracking_uri).scheme != "sqlite" or not tracking_uri.startswith("sqlite:///"):
-        return True
-    path = unquote(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
-    return Path(path).exists()
 
 
 def _experiment_id(client, experiment: str) -> str | None:
@@ -382,4 +374,4 @@ def study_table(study: Study, profile: str | None = None, fmt: str = "md", refer
 
 __all__ = ["study_table", "RunRecord", "fetch_records", "count_runs", "find_parent", "log_table", "build_table",
            "render",
-           "Table", "FORMATS", "store_exists"]
+           "Table", "FORMATS"]

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from detector.config import Config, config_hash, config_to_dict, dump_yaml, flatten
 from detector.engine.hooks import TrainHooks
@@ -68,6 +68,49 @@ def _safe_folder_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "experiment"
 
 
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def store_exists(tracking_uri: str) -> bool:
+    """False for a SQLite store whose file is missing (reading it would create it)."""
+    if urlparse(tracking_uri).scheme != "sqlite" or not tracking_uri.startswith("sqlite:///"):
+        return True
+    path = unquote(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
+    return Path(path).exists()
+
+
+def ensure_store(uri: str) -> None:
+    """Create a missing SQLite store atomically: initialise a private file, then hard-link it into place.
+
+    MLflow builds a new store by running its migrations in place; a process killed meanwhile leaves a
+    half-migrated file that every later command fails on. Here the store appears complete or not at all.
+    """
+    if not uri.startswith("sqlite:///") or store_exists(uri):
+        return
+    from mlflow import MlflowClient
+
+    path = Path(unquote(uri[len("sqlite:///"):].split("?", 1)[0])).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for old in path.parent.glob(f".{path.name}.*.init*"):  # left by killed launchers
+        if not pid_alive(int(old.name.split(".")[-2])):
+            old.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.init")
+    MlflowClient(f"sqlite:///{tmp}").search_experiments()
+    try:
+        os.link(tmp, path)  # fails if another launcher got there first: theirs is as good
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def ensure_experiment(name: str, tracking_uri: str, workspace: Path) -> str:
     """The id of experiment `name`, created if missing; tolerates a concurrent creator.
 
@@ -75,6 +118,7 @@ def ensure_experiment(name: str, tracking_uri: str, workspace: Path) -> str:
     gets `<workspace>/artifacts/<name>` as its artifact location; MLflow's default would be a
     folder relative to the current directory. A deleted experiment is an error, not resurrected.
     """
+    ensure_store(tracking_uri)
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -345,6 +389,6 @@ def ui_url(host: str, port: int) -> str:
 
 
 __all__ = [
-    "workspace_dir", "resolve_tracking_uri", "artifact_root", "ensure_experiment", "git_info", "MlflowHooks",
+    "pid_alive", "store_exists", "ensure_store", "workspace_dir", "resolve_tracking_uri", "artifact_root", "ensure_experiment", "git_info", "MlflowHooks",
     "tracked_run", "ui_command", "launch_ui", "ui_url",
 ]

@@ -275,3 +275,16 @@ def test_ui_command_and_url(tmp_path, monkeypatch):
     assert ui_url("127.0.0.1", 5000) == "http://127.0.0.1:5000"
     assert ui_url("0.0.0.0", 5123) == "http://127.0.0.1:5123"
     assert ui_url("::1", 5000) == "http://[::1]:5000"
+
+
+def test_ensure_experiment_creates_the_store_atomically(tmp_path):
+    """A fresh SQLite store appears complete (via a private file and a hard link), with no leftovers."""
+    from ablation.tracking import ensure_experiment, store_exists
+
+    uri = f"sqlite:///{tmp_path / 'sub' / 'mlflow.db'}"
+    assert not store_exists(uri)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / ".mlflow.db.999999999.init").write_text("left by a killed process")
+    exp_id = ensure_experiment("atomic", uri, tmp_path)
+    assert store_exists(uri) and exp_id
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["mlflow.db"]
