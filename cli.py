@@ -217,7 +217,8 @@ def study_run(
     """
     _setup_logging(verbose)
     with _study_errors():
-        from ablation.runner import ProgressDisplay, RunnerSettings, format_plan, plan, run_study
+        from ablation.runner import RunnerSettings, format_plan, plan, run_study
+        from ablation.study_progress import ProgressDisplay
         from ablation.study import load_study
 
         study = load_study(file)

@@ -22,7 +22,6 @@ re-enqueues what they held, and waits while runs are live elsewhere; it exits wh
 """
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import os
 import queue as std_queue
@@ -35,11 +34,9 @@ from ablation.queue import DEFAULT_HEARTBEAT_S, HOST, WorkQueue, default_storage
 from ablation.study import RunSpec, Study, expand, spec_hash
 from ablation.tables import FORMATS, build_table, fetch_records, find_parent, log_table, render
 from ablation.tracking import ensure_store, pid_alive
-from detector.engine.hooks import TrainHooks
+from ablation.worker import WorkerArgs, _stop_once, _worker_main
 
-MAX_CONSECUTIVE_ERRORS = 3  # a worker whose runs keep failing outside training stops
 PARENT_WAIT_S = 120.0  # how long a launcher waits for the queue's creator to make the parent run
-LOST_EXIT = 3  # exit code of a worker whose run was handed to another worker
 JOIN_TIMEOUT_S = 30.0
 INTERRUPT_GRACE_S = 2.0  # after Ctrl-C, workers (which got it too) may stop by themselves first
 
@@ -171,11 +168,6 @@ def reconcile(q: WorkQueue, specs: list[RunSpec], tracking_uri: str, experiment:
 
 
 # ---------------------------------------------------------------- parent run
-def _row_tags(item: dict) -> dict[str, str]:
-    return {"role": "row", "study": item["study"], "profile": item["profile"], "row": item["label"],
-            "row_index": str(item["row"]), "seed": str(item["seed"])}
-
-
 def _create_parent(study: Study, profile: str, uri: str, ws: Path) -> str:
     from mlflow import MlflowClient
 
@@ -235,172 +227,6 @@ def _wait_parent(q: WorkQueue, poll_s: float = 0.5) -> str | None:
     return None
 
 
-# ---------------------------------------------------------------- workers
-@dataclass
-class WorkerArgs:
-    index: int
-    specs: list[RunSpec]
-    queue_location: str
-    queue_name: str
-    heartbeat_s: float
-    poll_s: float
-    workspace: str
-    tracking_uri: str
-    experiment: str
-    parent_run_id: str
-    threads: int
-    gpu: str | None
-    launcher_pid: int
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM (or the launcher's death) in a worker: end the run as KILLED, release the row."""
-
-
-def _stop_once(signum, frame):
-    """A worker's SIGTERM/SIGINT: raise once, then ignore repeats so that the run can still be closed.
-
-    (Repeats happen: Ctrl-C and then the launcher's SIGTERM, or several parent-death signals.)
-    """
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise _Terminated(f"stopped by {signal.Signals(signum).name}; the same command resumes it")
-
-
-def _setup_worker(args: WorkerArgs) -> None:
-    """Pin the GPU and threads before torch loads; die with the launcher; SIGTERM -> clean stop."""
-    if args.gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    signal.signal(signal.SIGTERM, _stop_once)
-    signal.signal(signal.SIGINT, _stop_once)
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != args.launcher_pid:  # the launcher died before prctl took effect
-        raise _Terminated()
-    logging.basicConfig(level=logging.WARNING, format=f"  worker {args.index}: %(levelname)s %(message)s")
-    import torch
-
-    torch.set_num_threads(args.threads)  # train.num_threads > 0 in the config still wins
-
-
-def _worker_main(args: WorkerArgs, events) -> None:
-    """Entry point of a worker process: claim and run until no work is left anywhere."""
-    def emit(kind: str, **data) -> None:
-        events.put((args.index, kind, data))
-
-    try:
-        _setup_worker(args)
-        q = WorkQueue(args.queue_location, args.queue_name, args.heartbeat_s)
-        errors = 0
-        while errors < MAX_CONSECUTIVE_ERRORS:
-            claim = q.claim()
-            if claim is None:
-                if reconcile(q, args.specs, args.tracking_uri, args.experiment, retry_failed=False):
-                    continue
-                others = q.running()
-                if not others and not q.waiting():
-                    break
-                emit("wait", n=len(others))
-                time.sleep(args.poll_s)
-                continue
-            errors = 0 if _run_claim(q, claim, args, emit) else errors + 1
-    except KeyboardInterrupt:
-        emit("exit", code=130)
-        raise SystemExit(130) from None
-    emit("exit", code=0)
-
-
-def _run_claim(q: WorkQueue, claim, args: WorkerArgs, emit) -> bool:
-    """Run one claimed item; False when it failed outside training (the store or queue, not the model)."""
-    from optuna.trial import TrialState
-
-    from ablation.tracking import _one_line
-    from ablation.train_run import train_tracked
-
-    item, key = claim.item, claim.item["key"]
-    spec = next((s for s in args.specs if s.config_hash == key), None)
-    if spec is None:  # enqueued from another version of the study file
-        q.finish(claim, TrialState.PRUNED, "not in this study")
-        return True
-    rec = fetch_records(args.tracking_uri, args.experiment).get(key)
-    if rec is not None and (rec.status == "FINISHED" or (rec.status == "FAILED" and not item.get("retry"))):
-        q.finish(claim, TrialState.PRUNED, f"already {rec.status.lower()}")
-        emit("skip", key=key, state=rec.status.lower())
-        return True
-    emit("start", key=key, total=spec.config.train.iterations)
-    tags = _row_tags(item)
-    try:
-        outcome = train_tracked(spec.config, Path(args.workspace), args.tracking_uri, args.experiment,
-                                run_name=spec.run_name, resume=True, tags=tags, parent_run_id=args.parent_run_id,
-                                extra_hooks=_EventHooks(emit, claim, key))
-        status, reason, ap, ok = outcome.result.status, outcome.result.reason, outcome.result.metrics.get("AP"), True
-    except KeyboardInterrupt:
-        q.finish(claim, TrialState.FAIL, "interrupted")
-        emit("end", key=key, status="INTERRUPTED", reason="", ap=None)
-        raise
-    except Exception as exc:  # tracked_run recorded it FAILED with this reason, if its run existed
-        status, reason, ap = "FAILED", _one_line(exc), None
-        ok = _record_failure(spec, tags, args, reason)
-    q.finish(claim, TrialState.COMPLETE if status == "FINISHED" else TrialState.FAIL, status.lower(), ap)
-    emit("end", key=key, status=status, reason=reason, ap=ap)
-    return ok
-
-
-def _record_failure(spec: RunSpec, tags: dict, args: WorkerArgs, reason: str) -> bool:
-    """True if MLflow already holds the FAILED run (training raised); else record one and return False."""
-    from ablation.tracking import tracked_run
-
-    try:
-        rec = fetch_records(args.tracking_uri, args.experiment).get(spec.config_hash)
-        if rec is not None and rec.status == "FAILED":
-            return True
-        run_id = rec.run_id if rec is not None and rec.status != "FINISHED" else None
-        with tracked_run(spec.config, args.tracking_uri, args.experiment, Path(args.workspace), spec.run_name,
-                         tags, args.parent_run_id, run_id) as hooks:
-            hooks.on_end("FAILED", reason)
-    except Exception:  # the store itself is failing: the worker gives up after a few of these
-        pass
-    return False
-
-
-class _EventHooks(TrainHooks):
-    """Training hooks that report progress to the launcher (throttled) and watch the claim."""
-
-    EVERY_S = 0.5
-
-    def __init__(self, emit, claim, key: str):
-        self.emit, self.claim, self.key = emit, claim, key
-        self.last = 0.0
-
-    def _check(self) -> None:
-        if self.claim.lost.is_set():  # another worker holds this run now: leave it to them, at once
-            self.emit("end", key=self.key, status="LOST", reason="handed to another worker", ap=None)
-            os._exit(LOST_EXIT)
-
-    def on_start(self, config, workdir, start_iteration):
-        self.emit("iter", key=self.key, it=start_iteration, phase="train")
-
-    def on_iteration(self, iteration, scalars):
-        self._check()
-        now = time.monotonic()
-        if now - self.last >= self.EVERY_S:
-            self.last = now
-            self.emit("iter", key=self.key, it=iteration, phase="train")
-
-    def on_eval_progress(self, done, total):
-        self._check()
-        now = time.monotonic()
-        if now - self.last >= self.EVERY_S or done == total:
-            self.last = now
-            self.emit("iter", key=self.key, it=done, total=total, phase="eval")
-
-
-# ---------------------------------------------------------------- launcher
 def _cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -501,115 +327,5 @@ def _drain(events, display, timeout: float) -> None:
         display.tick()
 
 
-class ProgressDisplay:
-    """Rich progress of a study run: rows done/running/failed/pending; each worker's row, iteration, ETA.
-
-    On a terminal a live panel is redrawn; either way one line is printed per started or ended run.
-    """
-
-    def __init__(self, console=None):
-        from rich.console import Console
-
-        self.console = console or Console()
-        self.live = None
-
-    def start(self, study: Study, profile: str, entries: list[PlanEntry], n_workers: int) -> None:
-        from rich.live import Live
-
-        self.title = f"{study.name} [{profile}]"
-        self.specs = {e.spec.config_hash: e.spec for e in entries}
-        self.state = {e.spec.config_hash: e.state if e.state in ("finished", "failed", "running") and
-                      e.action != "retry" else "pending" for e in entries}
-        self.workers: dict[int, dict] = {}
-        self.t0 = time.monotonic()
-        counts = ", ".join(f"{n} {k}" for k, n in count_states(entries).items() if n)
-        self._say(f"study {self.title}: {len(entries)} runs ({counts}); {n_workers} worker(s)")
-        if self.console.is_terminal:
-            self.live = Live(self._render(), console=self.console, refresh_per_second=2, transient=True)
-            self.live.start()
-
-    def _say(self, text: str) -> None:
-        self.console.print(text, markup=False, highlight=False)
-
-    def _name(self, key: str) -> str:
-        spec = self.specs.get(key)
-        return spec.run_name if spec else key
-
-    def handle(self, event) -> None:
-        index, kind, data = event
-        key = data.get("key", "")
-        now = time.monotonic()
-        if kind == "start":
-            self.state[key] = "running"
-            self.workers[index] = {"key": key, "it": 0, "total": data["total"], "phase": "train", "rate": 0.0,
-                                   "t": now, "it0": None}
-            self._say(f"  {'start':<12}{self._name(key)}  (worker {index})")
-        elif kind == "iter" and index in self.workers:
-            w = self.workers[index]
-            if data["phase"] == "train" and w["it0"] is not None and data["it"] > w["it"] and now > w["t"]:
-                rate = (data["it"] - w["it"]) / (now - w["t"])
-                w["rate"] = rate if not w["rate"] else 0.7 * w["rate"] + 0.3 * rate
-            w.update(it=data["it"], phase=data["phase"], t=now, it0=data["it"] if w["it0"] is None else w["it0"])
-            if data["phase"] == "eval":
-                w["eval_total"] = data.get("total", 0)
-        elif kind == "end":
-            self.workers.pop(index, None)
-            status = data["status"]
-            self.state[key] = {"FINISHED": "finished", "FAILED": "failed"}.get(status, "pending")
-            detail = f"AP {100 * data['ap']:.1f}" if data.get("ap") is not None else data.get("reason", "")
-            self._say(f"  {status.lower():<12}{self._name(key)}  {detail}".rstrip())
-        elif kind == "skip":
-            self.state[key] = data["state"]
-        elif kind == "exit":
-            self.workers.pop(index, None)
-        elif kind == "died":
-            w = self.workers.pop(index, None)
-            if w is not None:
-                self.state[w["key"]] = "pending"
-            self._say(f"  worker {index} died (exit code {data['code']}); its run goes back to the queue")
-        self.tick()
-
-    def _eta(self) -> str:
-        rate = sum(w["rate"] for w in self.workers.values() if w["phase"] == "train")
-        if rate <= 0:
-            return "-"
-        left = sum(max(0, w["total"] - w["it"]) for w in self.workers.values() if w["phase"] == "train")
-        left += sum(self.specs[k].config.train.iterations for k, s in self.state.items() if s == "pending")
-        return _clock(left / rate)
-
-    def _render(self):
-        from rich.console import Group
-        from rich.text import Text
-
-        counts = {k: sum(s == k for s in self.state.values()) for k in ("finished", "running", "failed", "pending")}
-        head = Text.assemble((self.title, "bold"), f"  {counts['finished']} done · {counts['running']} running · "
-                             f"{counts['failed']} failed · {counts['pending']} pending · elapsed "
-                             f"{_clock(time.monotonic() - self.t0)} · ETA {self._eta()}")
-        lines = [head]
-        for index, w in sorted(self.workers.items()):
-            if w["phase"] == "eval":
-                where = f"eval {w['it']}/{w.get('eval_total', '?')}"
-            else:
-                left = (w["total"] - w["it"]) / w["rate"] if w["rate"] else None
-                where = f"it {w['it']}/{w['total']}  {w['rate']:.2f} it/s  ETA {_clock(left) if left else '-'}"
-            lines.append(Text(f"  worker {index}  {self._name(w['key'])}  {where}"))
-        return Group(*lines)
-
-    def tick(self) -> None:
-        if self.live is not None:
-            self.live.update(self._render())
-
-    def stop(self) -> None:
-        if self.live is not None:
-            self.live.stop()
-            self.live = None
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    h, rest = divmod(seconds, 3600)
-    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
-
-
 __all__ = ["RunnerSettings", "PlanEntry", "StudyResult", "plan", "format_plan", "count_states", "reconcile",
-           "run_study", "prepare_parent", "ProgressDisplay"]
+           "run_study", "prepare_parent"]

@@ -13,7 +13,6 @@ import html
 import io
 import statistics
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ablation.study import FAILED_REFERENCE, Study, expand
 from ablation.tracking import store_exists
