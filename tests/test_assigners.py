@@ -252,3 +252,14 @@ def test_labels_of_result():
     labels = r.labels(inputs.gt_labels)
     assert set(labels[r.positive].tolist()) == {4}
     assert (labels[~r.positive] < 0).all()
+
+
+def test_prediction_dependent_assigners_are_registered_and_refuse_missing_predictions():
+    from detector.assigners import NEEDS_PREDICTIONS
+
+    assert NEEDS_PREDICTIONS <= set(ASSIGNERS)
+    for name in NEEDS_PREDICTIONS:
+        inputs = make_inputs(random_gts(1, 2, seed=9))
+        inputs.cls_logits = inputs.pred_boxes = None
+        with pytest.raises(ValueError):
+            run(name, inputs)

@@ -20,6 +20,10 @@ ASSIGNERS = {
     "paa": (assign_paa, "paa"),
 }
 
+# Assigners that read the detached predictions (AssignInputs.cls_logits / pred_boxes); the training
+# step decodes every anchor's box only for these.
+NEEDS_PREDICTIONS = {"paa"}
+
 # Above this many (image, GT, anchor) entries the batch is assigned in chunks of images: the
 # (B, M, A) IoU matrix of a 9-anchor RetinaNet at 800 px would otherwise take gigabytes.
 MAX_BATCH_ELEMENTS = 50_000_000
@@ -60,4 +64,4 @@ def assign(inputs: AssignInputs, cfg) -> AssignResult:
     return apply_ignore_regions(_concat(results), inputs, cfg.ignore_iof)
 
 
-__all__ = ["ASSIGNERS", "BG", "IGNORE", "AssignInputs", "AssignResult", "assign"]
+__all__ = ["ASSIGNERS", "NEEDS_PREDICTIONS", "BG", "IGNORE", "AssignInputs", "AssignResult", "assign"]

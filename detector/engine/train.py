@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detector.assigners import AssignInputs, assign
+from detector.assigners import NEEDS_PREDICTIONS, AssignInputs, assign
 from detector.box_coder import BoxCoder
 from detector.config import Config, config_hash, config_to_dict
 from detector.data.build import build_datasets
@@ -73,14 +73,17 @@ class TrainStep:
 
     def __call__(self, batch) -> tuple[dict[str, torch.Tensor], object, list[int]]:
         out, anchors, counts = self.model(batch.images)
-        with torch.no_grad():
-            pred_boxes = self.coder.decode(out.box_deltas.detach().float(), anchors)
+        pred_boxes = cls_logits = None
+        if self.cfg.assign.name in NEEDS_PREDICTIONS:  # geometric assigners never read them
+            with torch.no_grad():
+                pred_boxes = self.coder.decode(out.box_deltas.detach().float(), anchors)
+            cls_logits = out.cls_logits.detach()
         inputs = AssignInputs(
             anchors=anchors, num_per_level=counts, strides=self.cfg.model.anchors.strides,
             gt_boxes=batch.gt_boxes, gt_labels=batch.gt_labels, gt_valid=batch.gt_valid,
             anchors_per_location=anchors_per_location(self.cfg.model.anchors),
             ignore_boxes=batch.ignore_boxes, ignore_valid=batch.ignore_valid,
-            cls_logits=out.cls_logits.detach(), pred_boxes=pred_boxes,
+            cls_logits=cls_logits, pred_boxes=pred_boxes,
         )
         t = time.perf_counter()
         result = assign(inputs, self.cfg.assign)
