@@ -355,6 +355,11 @@ def _check(cfg: Config) -> None:
         raise ConfigError("train.batch_size and train.iterations must be >= 1")
     if any(not 0.0 < s < 1.0 for s in cfg.train.steps):
         raise ConfigError("train.steps: fractions of train.iterations, each in (0, 1)")
+    paa = cfg.assign.paa
+    if not 0.0 < paa.iou_thresh <= 1.0:  # an anchor overlapping no GT (IoU 0) is never first-matched
+        raise ConfigError(f"assign.paa.iou_thresh: must be in (0, 1], got {paa.iou_thresh}")
+    if paa.topk < 1 or paa.gmm_max_iter < 1 or paa.fnp < 0 or paa.fsr < 0:
+        raise ConfigError("assign.paa: topk and gmm_max_iter must be >= 1, fnp and fsr >= 0")
 
 
 def load_config(paths: list[str | Path] | None = None, overrides: list[str] | None = None) -> Config:

@@ -15,6 +15,14 @@ from tests.conftest import tiny_config
 from tests.test_assigners import make_inputs, random_gts
 
 
+def dense_pairs(iou: torch.Tensor):
+    """Pairs (IoU > 0) of a dense (B, M, A) IoU matrix, all GTs valid."""
+    from detector.assigners.pairs import Pairs
+
+    image, gt, anchor = (iou > 0).nonzero(as_tuple=True)
+    return Pairs(image, gt, anchor, iou[image, gt, anchor])
+
+
 def hand_fit(comps: list[int], peaks: dict[int, int], n_pad: int = 0) -> tuple[GMMFit, torch.Tensor]:
     """A one-row GMMFit with given components of the (sorted) candidates and the position of each
     component's mixture-density peak; `n_pad` invalid entries are appended."""
@@ -110,10 +118,10 @@ def test_first_matching_low_quality_restores_own_argmax():
     # IoU (1 image, 3 GTs, 2 anchors). Anchor 1 is below 0.1 but is GT 1's best: restored to GT 1.
     # GT 2's best anchor (0) prefers GT 0: it stays with GT 0 and GT 2 gets nothing (official Matcher).
     iou = torch.tensor([[[0.3, 0.01], [0.02, 0.05], [0.04, 0.0]]])
-    valid = torch.tensor([[True, True, True]])
-    matched, _ = first_matching(iou, valid, PAAConfig())
-    assert matched.tolist() == [[0, 1]]
-    matched, _ = first_matching(iou, valid, PAAConfig(low_quality=False))
+    pairs = dense_pairs(iou)
+    matched, best = first_matching(pairs, 1, 3, 2, PAAConfig())
+    assert matched.tolist() == [[0, 1]] and torch.equal(best, torch.tensor([[0.3, 0.05]]))
+    matched, _ = first_matching(pairs, 1, 3, 2, PAAConfig(low_quality=False))
     assert matched.tolist() == [[0, -1]]
 
 

@@ -26,8 +26,9 @@ scikit-learn 1.9 (`mixture/_base.py::fit_predict`, `_gaussian_mixture.py`), row 
 
 Rows are independent: a converged row is frozen (its parameters, n_iter and flags no longer
 change) while the others continue, so each row equals its own sklearn fit. The Python loop is
-over EM iterations only; "are all rows done?" costs one host sync every `check_every`
-iterations, and checking later never changes a result (frozen rows stay frozen).
+over EM iterations only; "how many rows are still iterating?" costs one host sync every
+`check_every` iterations, and checking later never changes a result (frozen rows stay frozen).
+Once half of the iterating rows are done, the finished ones leave the working set.
 
 Deviations from sklearn (cases where sklearn raises instead of returning a fit):
 * 1 valid candidate: EM runs unchanged. Both components start and stay on the value:
@@ -68,27 +69,26 @@ class GMMFit:
         return torch.where(self.valid, comp, torch.full_like(comp, -1))
 
 
-def _e_step(x: Tensor, valid: Tensor, n: Tensor, means: Tensor, variances: Tensor, weights: Tensor):
-    """(G,N) samples, (G,2) params -> mean log p(x) (G,), log resp (G,N,2), log p(x) (G,N)."""
-    prec_chol = 1.0 / torch.sqrt(variances)  # sklearn: inverse Cholesky factor of the 1x1 covariance
-    y = x.unsqueeze(-1) * prec_chol.unsqueeze(1) - (means * prec_chol).unsqueeze(1)
-    weighted = -0.5 * (LOG_2PI + y * y) + (torch.log(prec_chol) + torch.log(weights)).unsqueeze(1)
-    hi, lo = weighted.amax(-1), weighted.amin(-1)
-    log_density = hi + torch.log1p(torch.exp(lo - hi))
-    log_resp = weighted - log_density.unsqueeze(-1)
-    lower_bound = torch.where(valid, log_density, 0).sum(1) / n.clamp(min=1)
-    return lower_bound, log_resp, log_density
+def _e_step(x: Tensor, valid_f: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+    """(G,N,1) samples, (G,N,1) 0/1 mask, params (3,G,2) = means, variances, weights ->
+    log weighted densities log w_k N(x | mu_k, var_k) (G,N,2) and mixture log-density log p(x) (G,N)."""
+    means, variances, weights = params
+    prec_chol = variances.rsqrt()  # sklearn: inverse Cholesky factor of the 1x1 covariance
+    const = torch.log(prec_chol).add_(torch.log(weights)).sub_(0.5 * LOG_2PI).unsqueeze(1)
+    y = (x * prec_chol.unsqueeze(1)).sub_((means * prec_chol).unsqueeze(1))
+    weighted = y.square_().mul_(-0.5).add_(const)
+    a, b = weighted[..., 0], weighted[..., 1]  # log-sum-exp of two terms (torch.logsumexp costs 10x more here)
+    hi = torch.maximum(a, b)
+    return weighted, torch.minimum(a, b).sub_(hi).exp_().log1p_().add_(hi)
 
 
-def _m_step(x: Tensor, valid: Tensor, log_resp: Tensor, reg_covar: float):
-    """(G,N) samples, (G,N,2) log resp -> means, variances, weights, each (G,2)."""
-    resp = torch.where(valid.unsqueeze(-1), torch.exp(log_resp), 0)
-    nk = resp.sum(1) + EPS_FACTOR * torch.finfo(resp.dtype).eps
-    means = (resp * x.unsqueeze(-1)).sum(1) / nk
-    diff = x.unsqueeze(-1) - means.unsqueeze(1)
-    variances = (resp * diff * diff).sum(1) / nk + reg_covar
-    weights = nk / nk.sum(-1, keepdim=True)
-    return means, variances, weights
+def _m_step(x: Tensor, resp: Tensor, reg_covar: float) -> Tensor:
+    """(G,N,1) samples, (G,N,2) responsibilities (0 on invalid) -> params (3,G,2)."""
+    nk = resp.sum(1).add_(EPS_FACTOR * torch.finfo(resp.dtype).eps)
+    means = (resp * x).sum(1).div_(nk)
+    diff = (x - means.unsqueeze(1)).square_()
+    variances = (resp * diff).sum(1).div_(nk).add_(reg_covar)
+    return torch.stack([means, variances, nk / nk.sum(-1, keepdim=True)])
 
 
 @torch.no_grad()
@@ -132,34 +132,51 @@ def fit_gmm(
 
     n = valid.sum(1)
     active = n > 0
+    valid_f = valid.to(dtype).unsqueeze(-1)
+    inv_n = 1.0 / n.clamp(min=1).to(dtype)
+    x3 = x.unsqueeze(-1)
     inf = torch.tensor(math.inf, dtype=dtype, device=x.device)
     lo = torch.where(valid, x, inf).amin(1)
     hi = torch.where(valid, x, -inf).amax(1)
     means = torch.where(active.unsqueeze(1), torch.stack([lo, hi], 1), 0)
-    variances = torch.ones_like(means)
-    weights = torch.full_like(means, 0.5)
+    params = torch.stack([means, torch.ones_like(means), torch.full_like(means, 0.5)])  # (3, G, 2)
     n_iter = torch.zeros_like(n)
     converged = ~active
-    prev = torch.full_like(lo, -math.inf)
+    # The working set: rows still iterating. Finished rows are frozen, so they leave it (and are written
+    # back) once at least half of it is done: the last iterations, which follow the slowest few GTs,
+    # then run on a few rows.
+    rows = torch.arange(len(n), device=x.device)
+    w_x, w_valid, w_inv_n, w_params = x3, valid_f, inv_n, params
+    w_active, w_n_iter, w_converged = active, n_iter, converged
+    w_prev = torch.full_like(lo, -math.inf)
 
+    # Few, mostly in-place operations per iteration: on small (G, N) the cost is per operation, not per element.
     for it in range(1, max_iter + 1):
-        lower_bound, log_resp, _ = _e_step(x, valid, n, means, variances, weights)
-        new_means, new_vars, new_weights = _m_step(x, valid, log_resp, reg_covar)
-        upd = active.unsqueeze(1)
-        means = torch.where(upd, new_means, means)
-        variances = torch.where(upd, new_vars, variances)
-        weights = torch.where(upd, new_weights, weights)
-        n_iter = torch.where(active, it, n_iter)
-        done = active & ((lower_bound - prev).abs() < tol)
-        converged = converged | done
-        active = active & ~done
-        prev = lower_bound
-        if it % check_every == 0 and not bool(active.any()):
-            break
+        weighted, log_density = _e_step(w_x, w_valid, w_params)
+        lower_bound = (log_density * w_valid[..., 0]).sum(1).mul_(w_inv_n)  # mean log p(x) over valid samples
+        resp = weighted.sub_(log_density.unsqueeze(-1)).exp_().mul_(w_valid)
+        w_params = torch.where(w_active.view(1, -1, 1), _m_step(w_x, resp, reg_covar), w_params)
+        w_n_iter = w_n_iter + w_active
+        done = w_active & ((lower_bound - w_prev).abs_() < tol)
+        w_converged = w_converged | done
+        w_active = w_active & ~done
+        w_prev = lower_bound
+        if it % check_every == 0:
+            n_active = int(w_active.sum())
+            if n_active == 0:
+                break
+            if 2 * n_active <= len(rows):
+                params[:, rows], n_iter[rows], converged[rows] = w_params, w_n_iter, w_converged
+                keep = w_active.nonzero().squeeze(1)
+                rows = rows[keep]
+                w_x, w_valid, w_inv_n, w_params = w_x[keep], w_valid[keep], w_inv_n[keep], w_params[:, keep]
+                w_active, w_n_iter, w_converged, w_prev = w_active[keep], w_n_iter[keep], w_converged[keep], w_prev[keep]
+    params[:, rows], n_iter[rows], converged[rows] = w_params, w_n_iter, w_converged
 
-    _, log_resp, log_density = _e_step(x, valid, n, means, variances, weights)
-    posteriors = torch.where(valid.unsqueeze(-1), torch.exp(log_resp), 0)
+    weighted, log_density = _e_step(x3, valid_f, params)
+    posteriors = weighted.sub_(log_density.unsqueeze(-1)).exp_().mul_(valid_f)
     log_density = torch.where(valid, log_density, -inf)
     if num_cols == 0:
         posteriors, log_density, valid = posteriors[:, :0], log_density[:, :0], valid[:, :0]
+    means, variances, weights = params
     return GMMFit(means, variances, weights, posteriors, log_density, n_iter, converged, valid)

@@ -20,72 +20,138 @@
 Edge cases (`edge_cases`): "official": 1 candidate -> positive; no candidate in the fg component ->
 all candidates positive. "mmdet": no positive in both cases, and the prefix is cut on the fg-only
 list (fg-component candidates up to the fg peak), as the mmdetection port (REFERENCE_NOTES 1.5).
+
+Cost: steps 1-3 are sparse. Only overlapping (image, GT, anchor) pairs are built (`pairs`: a few
+hundred per GT instead of every anchor), only first-matched anchors are scored, and candidates come
+from two sorts, so no (B, M, A) tensor exists. The labels equal the dense definition's (tested).
+Scores are clamped at 0 (a loss; float rounding can give -1e-9) and NaN scores become +inf (never a
+candidate); a NaN prediction also makes the training loss non-finite, which fails the run.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import sigmoid_focal_loss
 
 from detector.assigners.base import BG, IGNORE, AssignInputs, AssignResult, empty_result
-from detector.boxes import aligned_giou, batched_box_iou
+from detector.assigners.pairs import Pairs, overlapping_pairs
+from detector.boxes import aligned_giou
 from detector.config import PAAConfig
 
 if TYPE_CHECKING:
     from detector.assigners.gmm import GMMFit
 
 INF = float("inf")
+SCORE_CHUNK = 2048  # anchors scored at once; a speed knob only, results do not depend on it
 
 
-def first_matching(iou: Tensor, gt_valid: Tensor, cfg: PAAConfig) -> tuple[Tensor, Tensor]:
-    """IoU (B, M, A) -> (matched GT (B, A) with -1 for none, its IoU (B, A))."""
-    iou = iou.masked_fill(~gt_valid[:, :, None], -1.0)  # a copy: callers keep the unmasked IoU
-    best_iou, best_gt = iou.max(dim=1)
-    matched = torch.where(best_iou >= cfg.iou_thresh, best_gt, torch.full_like(best_gt, -1))
-    if cfg.low_quality:
-        gt_best = iou.amax(dim=2, keepdim=True)
-        # Unlike the official Matcher, a GT whose best IoU is 0 restores nothing: otherwise every anchor
-        # touching no GT at all would become a candidate of its (arbitrary) argmax GT.
-        is_best = ((iou == gt_best) & gt_valid[:, :, None] & (gt_best > 0)).any(dim=1)
-        matched = torch.where(is_best, best_gt, matched)
-    return matched, best_iou.clamp(min=0)
+def first_matching(pairs: Pairs, batch: int, num_gts: int, num_anchors: int, cfg: PAAConfig) -> tuple[Tensor, Tensor]:
+    """Overlapping pairs -> (matched GT (B, A), -1 for none; the anchor's best IoU (B, A), 0 for none).
 
-
-def anchor_scores(inputs: AssignInputs, matched: Tensor, cfg: PAAConfig) -> Tensor:
-    """(B, A) anchor score of first-matched anchors (+inf elsewhere): focal over classes + w (1 - GIoU)."""
-    scores = torch.full(matched.shape, INF, device=matched.device)
-    img, anc = (matched >= 0).nonzero(as_tuple=True)
-    if img.numel() == 0:
-        return scores
-    gt = matched[img, anc]
-    logits = inputs.cls_logits[img, anc].float()  # (P, C)
-    target = torch.zeros_like(logits)
-    target[torch.arange(len(gt), device=gt.device), inputs.gt_labels[img, gt]] = 1.0
-    focal = sigmoid_focal_loss(logits, target, cfg.score_focal_alpha, cfg.score_focal_gamma, reduction="none").sum(1)
-    giou = aligned_giou(inputs.pred_boxes[img, anc].float(), inputs.gt_boxes[img, gt].float())
-    scores[img, anc] = focal + cfg.score_giou_weight * (1.0 - giou)
-    return scores
-
-
-def select_candidates(scores: Tensor, matched: Tensor, m: int, num_per_level: list[int], topk: int):
-    """Per level and GT, the `topk` lowest-score anchors first-matched to that GT.
-
-    Returns anchor indices (B, M, K), their scores (B, M, K) and validity (B, M, K), K = sum of per-level k.
+    Equal to the dense rule on the (B, M, A) IoU matrix: argmax GT (first on ties) when IoU >= threshold;
+    pairs that are absent have IoU 0, and IoU 0 never matches (`iou_thresh` > 0; see `low_quality`).
     """
-    gt_ids = torch.arange(m, device=scores.device)[None, :, None]
-    idx, val, start = [], [], 0
-    for n in num_per_level:
-        k = min(topk, n)
-        if k > 0:
-            lvl = torch.where(matched[:, None, start:start + n] == gt_ids, scores[:, None, start:start + n], INF)
-            top, i = lvl.topk(k, dim=2, largest=False)  # (B, M, k)
-            idx.append(i + start)
-            val.append(top)
-        start += n
-    cand_scores = torch.cat(val, dim=2)
-    return torch.cat(idx, dim=2), cand_scores, torch.isfinite(cand_scores)
+    key = pairs.image * num_anchors + pairs.anchor
+    best = pairs.iou.new_zeros(batch * num_anchors).scatter_reduce_(0, key, pairs.iou, "amax")
+    # the first (lowest) GT index among those reaching the anchor's best IoU, as argmax does
+    gt_or_none = torch.where(pairs.iou == best.index_select(0, key), pairs.gt, num_gts)
+    best_gt = torch.full_like(best, num_gts, dtype=torch.long).scatter_reduce_(0, key, gt_or_none, "amin")
+    matched = torch.where(best >= cfg.iou_thresh, best_gt, -1)
+    if cfg.low_quality:
+        # Each GT's best anchors (ties included) go to *their own* best GT, as the official Matcher does.
+        # Unlike it, a GT overlapping no anchor (best IoU 0) restores nothing: otherwise every anchor touching
+        # no GT at all would become a candidate of an arbitrary GT.
+        gt_key = pairs.image * num_gts + pairs.gt
+        gt_best = pairs.iou.new_zeros(batch * num_gts).scatter_reduce_(0, gt_key, pairs.iou, "amax")
+        restored = key[pairs.iou == gt_best.index_select(0, gt_key)]
+        matched.index_copy_(0, restored, best_gt.index_select(0, restored))
+    return matched.view(batch, num_anchors), best.view(batch, num_anchors)
+
+
+def focal_over_classes(logits: Tensor, rows: Tensor, labels: Tensor, alpha: float, gamma: float) -> Tensor:
+    """Sigmoid focal loss summed over all classes, one-hot target at `labels`: (P,) for logits[rows].
+
+    logits (N, C); rows, labels (P,) long. Equals torchvision's `sigmoid_focal_loss(...).sum(1)` (to float
+    rounding) as sum_c neg(x_c) - neg(x_y) + pos(x_y), with neg(x) = (1-a) sigmoid(x)^g softplus(x) and
+    pos(x) = a sigmoid(-x)^g softplus(-x): three passes over the (P, C) logits instead of ten. They run in
+    chunks of `SCORE_CHUNK` rows, which stay in cache; a whole batch's (P, C) temporaries would cost more
+    in fresh-memory page faults than in arithmetic.
+    """
+    def sigmoid_pow(x: Tensor) -> Tensor:
+        p = torch.sigmoid(x)
+        return p.mul_(p) if gamma == 2.0 else p.pow_(gamma)
+
+    c = logits.shape[1]
+    total = torch.empty(len(rows), device=logits.device)
+    for lo in range(0, len(rows), SCORE_CHUNK):
+        x = logits.index_select(0, rows[lo:lo + SCORE_CHUNK]).float()
+        total[lo:lo + SCORE_CHUNK] = torch.linalg.vecdot(sigmoid_pow(x), F.softplus(x))
+    x = logits.reshape(-1).index_select(0, rows * c + labels).float()  # the target class's logit
+    neg_y = sigmoid_pow(x).mul_(F.softplus(x))
+    pos_y = sigmoid_pow(-x).mul_(F.softplus(-x))
+    return total.sub_(neg_y).mul_(1.0 - alpha).add_(pos_y.mul_(alpha))
+
+
+def anchor_scores(inputs: AssignInputs, anchor_flat: Tensor, gt_flat: Tensor, cfg: PAAConfig) -> Tensor:
+    """(P,) anchor score for (anchor, GT) pairs: focal over all classes + w (1 - GIoU(decoded box, GT)).
+
+    anchor_flat = image * A + anchor, gt_flat = image * M + GT, each (P,) long.
+    """
+    b, a, c = inputs.cls_logits.shape
+    labels = inputs.gt_labels.reshape(-1).index_select(0, gt_flat)
+    focal = focal_over_classes(inputs.cls_logits.reshape(b * a, c), anchor_flat, labels,
+                               cfg.score_focal_alpha, cfg.score_focal_gamma)
+    pred = inputs.pred_boxes.reshape(b * a, 4).index_select(0, anchor_flat).float()
+    target = inputs.gt_boxes.reshape(-1, 4).index_select(0, gt_flat).float()
+    return focal.add_(cfg.score_giou_weight * (1.0 - aligned_giou(pred, target)))
+
+
+def _rank_in_group(group: Tensor) -> Tensor:
+    """(P,) sorted group keys -> 0, 1, 2, ... within each run of equal keys."""
+    pos = torch.arange(len(group), device=group.device)
+    new_run = torch.ones_like(group, dtype=torch.bool)
+    new_run[1:] = group[1:] != group[:-1]
+    run_start = torch.where(new_run, pos, 0).cummax(0).values
+    return pos - run_start
+
+
+def _sort_by(group: Tensor, score: Tensor) -> tuple[Tensor, Tensor]:
+    """Sort by (group, score) in one pass: (sorted groups, permutation). Ties keep their order.
+
+    score must be >= 0 (+inf allowed): the bit patterns of non-negative floats order like the floats.
+    """
+    key = (group << 32) | score.float().view(torch.int32).long()
+    key, order = key.sort(stable=True)
+    return key >> 32, order
+
+
+def candidate_rows(image: Tensor, anchor: Tensor, gt: Tensor, score: Tensor, num_gts: int,
+                   num_per_level: list[int], topk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Candidates of every GT (step 3) as padded rows sorted by score.
+
+    Args:
+        image, anchor, gt, score: (P,) the first-matched anchors, their GT and score (>= 0).
+    Returns:
+        rows (R,) = image * num_gts + GT of each GT with candidates; scores (R, N) ascending with +inf
+        padding; validity (R, N); anchor index (R, N). N = sum over levels of min(topk, level size).
+    """
+    starts = torch.tensor(num_per_level, device=anchor.device).cumsum(0)
+    row_key = image * num_gts + gt
+    group = row_key * len(num_per_level) + torch.bucketize(anchor, starts, right=True)
+    group, order = _sort_by(group, score)
+    cand = order[_rank_in_group(group) < topk]  # the topk lowest scores of each (GT, level)
+
+    row_key, order = _sort_by(row_key.index_select(0, cand), score.index_select(0, cand))
+    cand = cand.index_select(0, order)
+    rows, row_of = torch.unique_consecutive(row_key, return_inverse=True)
+    width = sum(min(topk, n) for n in num_per_level)
+    flat = row_of.mul_(width).add_(_rank_in_group(row_key))
+    s = score.new_full((len(rows) * width,), INF).index_copy_(0, flat, score.index_select(0, cand))
+    anchor_of = anchor.new_zeros(len(rows) * width).index_copy_(0, flat, anchor.index_select(0, cand))
+    s, anchor_of = s.view(-1, width), anchor_of.view(-1, width)
+    return rows, s, torch.isfinite(s), anchor_of
 
 
 def _first_argmax(values: Tensor, mask: Tensor) -> Tensor:
@@ -156,6 +222,8 @@ def assign_paa(inputs: AssignInputs, cfg: PAAConfig) -> AssignResult:
     """PAA labels for a batch (steps in the module docstring).
 
     Needs `inputs.cls_logits` (B, A, C) and `inputs.pred_boxes` (B, A, 4), detached.
+    Only overlapping (image, GT, anchor) pairs are visited (`pairs.overlapping_pairs`), and only
+    first-matched anchors are scored, so no (B, M, A) tensor is built; labels equal the dense rule's.
     `result.extras["paa"]` holds one row per (image, GT) with candidates, for diagnostics: the image and
     GT indices and label, sorted candidate scores (R, N), their validity and positive flags, and the
     `GMMFit` of those rows (None under `fnp` / `fsr`).
@@ -167,32 +235,26 @@ def assign_paa(inputs: AssignInputs, cfg: PAAConfig) -> AssignResult:
     device = inputs.anchors.device
     if m == 0 or a == 0:
         return empty_result(b, a, device)
-    iou = batched_box_iou(inputs.gt_boxes, inputs.anchors)  # (B, M, A)
-    matched, _ = first_matching(iou, inputs.gt_valid, cfg)
-    scores = anchor_scores(inputs, matched, cfg)
-    cand, cand_scores, cand_valid = select_candidates(scores, matched, m, inputs.num_per_level, cfg.topk)
-    cand_valid &= inputs.gt_valid[:, :, None]
-
-    # One row per (image, GT) that has candidates (padding and candidate-less GTs cost nothing below),
-    # candidates sorted by score with the invalid ones last.
-    img_of_row, gt_of_row = cand_valid.any(dim=2).nonzero(as_tuple=True)
-    order = cand_scores[img_of_row, gt_of_row].masked_fill(~cand_valid[img_of_row, gt_of_row], INF).argsort(
-        dim=1, stable=True)
-    cand = cand[img_of_row, gt_of_row].gather(1, order)
-    s = cand_scores[img_of_row, gt_of_row].gather(1, order)
-    v = cand_valid[img_of_row, gt_of_row].gather(1, order)
+    pairs = overlapping_pairs(inputs.gt_boxes, inputs.gt_valid, inputs.anchors, inputs.num_per_level,
+                              inputs.anchors_per_location)
+    matched, best_iou = first_matching(pairs, b, m, a, cfg)
+    anchor_flat = (matched.view(-1) >= 0).nonzero().squeeze(1)  # (P,) first-matched anchors, image * A + anchor
+    image, anchor = anchor_flat // a, anchor_flat % a
+    gt = matched.view(-1).index_select(0, anchor_flat)
+    score = anchor_scores(inputs, anchor_flat, image * m + gt, cfg).clamp_(min=0).nan_to_num_(nan=INF)
+    rows, s, v, anchor_of = candidate_rows(image, anchor, gt, score, m, inputs.num_per_level, cfg.topk)
+    img_of_row, gt_of_row = rows // m, rows % m
     pos, ignore, fit = split_candidates(s, v, cfg)
 
-    gt_index = gt_of_row[:, None].expand_as(cand)
-    img_index = img_of_row[:, None].expand_as(cand)
-    matched_gt = torch.full((b, a), BG, dtype=torch.long, device=device)
-    matched_gt[img_index[ignore], cand[ignore]] = IGNORE
-    matched_gt[img_index[pos], cand[pos]] = gt_index[pos]
-    pos_mask = matched_gt >= 0
-    anchor_iou = iou.gather(1, matched_gt.clamp(min=0)[:, None, :])[:, 0]
+    key = (img_of_row * a)[:, None] + anchor_of  # (R, N) index into the flat (B * A) labels
+    labels = torch.full((b * a,), BG, dtype=torch.long, device=device)
+    labels.index_fill_(0, key[ignore], IGNORE)
+    labels.index_copy_(0, key[pos], gt_of_row[:, None].expand_as(key)[pos])
+    matched_gt = labels.view(b, a)
     result = AssignResult(
         matched_gt=matched_gt,
-        iou=torch.where(pos_mask, anchor_iou, torch.zeros_like(anchor_iou)),
+        # a candidate is matched to its best-IoU GT, so its IoU with that GT is its best IoU
+        iou=torch.where(matched_gt >= 0, best_iou, torch.zeros_like(best_iou)),
         weight=torch.ones(b, a, device=device),
     )
     result.extras["paa"] = {
