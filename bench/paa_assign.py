@@ -25,7 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detector.assigners.base import BG, AssignInputs  # noqa: E402
-from detector.assigners.paa import anchor_scores, assign_paa, candidate_rows, split_candidates  # noqa: E402
+from detector.assigners.paa import assign_paa, candidate_rows, split_candidates  # noqa: E402
+from detector.assigners.paa_score import anchor_scores  # noqa: E402
 from detector.boxes import batched_box_iou  # noqa: E402
 from detector.config import AnchorConfig, PAAConfig  # noqa: E402
 from detector.model.anchors import grid_anchors  # noqa: E402

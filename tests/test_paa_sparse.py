@@ -7,9 +7,8 @@ from torchvision.ops import sigmoid_focal_loss
 
 from detector.assigners.base import BG, IGNORE, AssignInputs
 from detector.assigners.pairs import level_grids, overlapping_pairs
-from detector.assigners.paa import (
-    anchor_scores, assign_paa, candidate_rows, first_matching, focal_over_classes, split_candidates,
-)
+from detector.assigners.paa import assign_paa, candidate_rows, first_matching, split_candidates
+from detector.assigners.paa_score import anchor_scores, focal_over_classes
 from detector.boxes import batched_box_iou
 from detector.config import AnchorConfig, PAAConfig
 from detector.model.anchors import anchors_per_location, grid_anchors

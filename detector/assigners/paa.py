@@ -3,7 +3,7 @@
 1. First matching: each anchor goes to its max-IoU GT when IoU >= `iou_thresh` (0.1); with
    `low_quality`, each GT's best anchors (ties included) are restored to *their own* best GT, as the
    official maskrcnn-benchmark Matcher does.
-2. Anchor score (lower is better; Eq. 1-5 read as losses) on detached predictions:
+2. Anchor score (`paa_score`; lower is better; Eq. 1-5 read as losses) on detached predictions:
    focal loss summed over all classes + `score_giou_weight` x (1 - GIoU(decoded box, GT)).
 3. Candidates of a GT: on each level, the `topk` lowest-score anchors among those first-matched to it.
    Candidate sets of different GTs are disjoint, so GTs never compete for an anchor.
@@ -32,19 +32,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from detector.assigners.base import BG, IGNORE, AssignInputs, AssignResult, empty_result
+from detector.assigners.paa_score import anchor_scores
 from detector.assigners.pairs import Pairs, overlapping_pairs
-from detector.boxes import aligned_giou
 from detector.config import PAAConfig
 
 if TYPE_CHECKING:
     from detector.assigners.gmm import GMMFit
 
 INF = float("inf")
-SCORE_CHUNK = 2048  # anchors scored at once; a speed knob only, results do not depend on it
 
 
 def first_matching(pairs: Pairs, batch: int, num_gts: int, num_anchors: int, cfg: PAAConfig) -> tuple[Tensor, Tensor]:
@@ -68,44 +66,6 @@ def first_matching(pairs: Pairs, batch: int, num_gts: int, num_anchors: int, cfg
         restored = key[pairs.iou == gt_best.index_select(0, gt_key)]
         matched.index_copy_(0, restored, best_gt.index_select(0, restored))
     return matched.view(batch, num_anchors), best.view(batch, num_anchors)
-
-
-def focal_over_classes(logits: Tensor, rows: Tensor, labels: Tensor, alpha: float, gamma: float) -> Tensor:
-    """Sigmoid focal loss summed over all classes, one-hot target at `labels`: (P,) for logits[rows].
-
-    logits (N, C); rows, labels (P,) long. Equals torchvision's `sigmoid_focal_loss(...).sum(1)` (to float
-    rounding) as sum_c neg(x_c) - neg(x_y) + pos(x_y), with neg(x) = (1-a) sigmoid(x)^g softplus(x) and
-    pos(x) = a sigmoid(-x)^g softplus(-x): three passes over the (P, C) logits instead of ten. They run in
-    chunks of `SCORE_CHUNK` rows, which stay in cache; a whole batch's (P, C) temporaries would cost more
-    in fresh-memory page faults than in arithmetic.
-    """
-    def sigmoid_pow(x: Tensor) -> Tensor:
-        p = torch.sigmoid(x)
-        return p.mul_(p) if gamma == 2.0 else p.pow_(gamma)
-
-    c = logits.shape[1]
-    total = torch.empty(len(rows), device=logits.device)
-    for lo in range(0, len(rows), SCORE_CHUNK):
-        x = logits.index_select(0, rows[lo:lo + SCORE_CHUNK]).float()
-        total[lo:lo + SCORE_CHUNK] = torch.linalg.vecdot(sigmoid_pow(x), F.softplus(x))
-    x = logits.reshape(-1).index_select(0, rows * c + labels).float()  # the target class's logit
-    neg_y = sigmoid_pow(x).mul_(F.softplus(x))
-    pos_y = sigmoid_pow(-x).mul_(F.softplus(-x))
-    return total.sub_(neg_y).mul_(1.0 - alpha).add_(pos_y.mul_(alpha))
-
-
-def anchor_scores(inputs: AssignInputs, anchor_flat: Tensor, gt_flat: Tensor, cfg: PAAConfig) -> Tensor:
-    """(P,) anchor score for (anchor, GT) pairs: focal over all classes + w (1 - GIoU(decoded box, GT)).
-
-    anchor_flat = image * A + anchor, gt_flat = image * M + GT, each (P,) long.
-    """
-    b, a, c = inputs.cls_logits.shape
-    labels = inputs.gt_labels.reshape(-1).index_select(0, gt_flat)
-    focal = focal_over_classes(inputs.cls_logits.reshape(b * a, c), anchor_flat, labels,
-                               cfg.score_focal_alpha, cfg.score_focal_gamma)
-    pred = inputs.pred_boxes.reshape(b * a, 4).index_select(0, anchor_flat).float()
-    target = inputs.gt_boxes.reshape(-1, 4).index_select(0, gt_flat).float()
-    return focal.add_(cfg.score_giou_weight * (1.0 - aligned_giou(pred, target)))
 
 
 def _rank_in_group(group: Tensor) -> Tensor:
