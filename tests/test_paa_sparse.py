@@ -58,9 +58,10 @@ def test_anchors_that_are_not_a_grid_fall_back_to_the_whole_level():
     assert [g.rows for g in level_grids(anchors, [4], 1)] == [0]
     gt = torch.tensor([[[0, 0, 8, 8], [28, 0, 41, 11], [0, 0, 0, 0.0]]])
     valid = torch.tensor([[True, True, False]])
-    p = overlapping_pairs(gt, valid, anchors, [4])
     dense = batched_box_iou(gt, anchors).masked_fill(~valid[:, :, None], 0)
-    assert sorted(zip(p.gt.tolist(), p.anchor.tolist())) == sorted(map(tuple, (dense[0] > 0).nonzero().tolist()))
+    for per_location in (1, 3):  # 3 does not divide the level: still every anchor
+        p = overlapping_pairs(gt, valid, anchors, [4], per_location)
+        assert sorted(zip(p.gt.tolist(), p.anchor.tolist())) == sorted(map(tuple, (dense[0] > 0).nonzero().tolist()))
 
 
 def dense_first_matching(inputs: AssignInputs, cfg: PAAConfig) -> torch.Tensor:

@@ -50,7 +50,7 @@ def level_grids(anchors: Tensor, num_per_level: list[int], per_location: int) ->
     grids, start = [], 0
     for n in num_per_level:
         lvl = anchors[start:start + n]
-        grid = LevelGrid(start, 0, 0, per_location, lvl.new_zeros(0), lvl.new_zeros(0), 0.0, 0.0, n)
+        grid = LevelGrid(start, 0, 0, 1, lvl.new_zeros(0), lvl.new_zeros(0), 0.0, 0.0, n)  # fallback: every anchor
         if n and n % per_location == 0:
             centres = ((lvl[::per_location, :2] + lvl[::per_location, 2:]) / 2)  # (locations, 2)
             cols = int((centres[:, 1] == centres[0, 1]).sum())
@@ -74,7 +74,7 @@ def _windows(grid: LevelGrid, boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Te
     if grid.rows == 0:  # not a grid: one "row" holding every anchor of the level
         g = boxes.shape[0]
         zero = torch.zeros(g, dtype=torch.long, device=boxes.device)
-        return zero, zero + 1, zero, zero + grid.count // grid.per_location
+        return zero, zero + 1, zero, zero + grid.count
     c0 = torch.searchsorted(grid.xs, boxes[:, 0] - grid.half_w) - 1
     c1 = torch.searchsorted(grid.xs, boxes[:, 2] + grid.half_w, right=True) + 1
     r0 = torch.searchsorted(grid.ys, boxes[:, 1] - grid.half_h) - 1
@@ -100,17 +100,18 @@ def overlapping_pairs(gt_boxes: Tensor, gt_valid: Tensor, anchors: Tensor, num_p
     # index_select rather than tensor[index]: CPU advanced indexing is several times slower at this size
     for grid in level_grids(anchors, num_per_level, per_location):
         r0, nr, c0, nc = _windows(grid, boxes)
-        size = nr * nc * per_location  # (G,)
+        per_loc = grid.per_location
+        size = nr * nc * per_loc  # (G,)
         total = int(size.sum())
         if total == 0:
             continue
         owner = torch.repeat_interleave(torch.arange(len(size), device=boxes.device), size, output_size=total)
         local = torch.arange(total, device=boxes.device).sub_((size.cumsum(0) - size).index_select(0, owner))
-        if grid.rows:  # window row i starts at anchor (r0 + i) * cols + c0 (times per_location)
-            row_start = ((r0 * grid.cols + c0) * per_location).index_select(0, owner)
-            row_len = (nc * per_location).index_select(0, owner)
+        if grid.rows:  # window row i starts at anchor (r0 + i) * cols + c0 (times per_loc)
+            row_start = ((r0 * grid.cols + c0) * per_loc).index_select(0, owner)
+            row_len = (nc * per_loc).index_select(0, owner)
             row = local.div(row_len, rounding_mode="floor")
-            local.sub_(row * row_len).add_(row.mul_(grid.cols * per_location)).add_(row_start)
+            local.sub_(row * row_len).add_(row.mul_(grid.cols * per_loc)).add_(row_start)
         owners.append(owner)
         anchor_ids.append(local.add_(grid.start))
     if not owners:
