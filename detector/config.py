@@ -171,6 +171,9 @@ class TrainConfig:
     steps: list[float] = field(default_factory=lambda: [0.667, 0.889])  # fractions of `iterations`
     gamma: float = 0.1
     grad_clip: float = 0.0  # max L2 norm; 0 = off
+    # The run FAILS when the assigner gives no positive anchor for this many iterations in a row whose
+    # batches hold GTs (0 = never): training without positives learns nothing (PAA's FSR 0.3, Table 1).
+    fail_without_positives: int = 100
     amp: bool = True  # only on CUDA
     seed: int = 0
     deterministic: bool = False

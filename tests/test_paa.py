@@ -174,3 +174,18 @@ def test_tiny_paa_run_tracks_positives_and_gmm_figures(tmp_path, workspace):
     assert "gmm_fits/gmm_fits_0000002.png" in gmm and "gmm_fits/gmm_fits_0000002.json" in gmm
     assert "positives_per_gt/positives_per_gt_0000004.png" in hist
     assert 0.0 <= run.data.metrics["val/iou_pred_error"] <= 1.0
+
+
+def test_fsr_without_any_positive_is_a_failed_run_not_a_crash(tmp_path, workspace):
+    # Table 1: FSR 0.3 "training failed" (no score in range early on). exp(-score) > 0.99 needs a score
+    # below 0.01, which no anchor has at initialisation: no positive, so the run must end FAILED.
+    from ablation.train_run import train_tracked
+
+    cfg = tiny_config(assign={"name": "paa", "paa": {"fsr": 0.99}},
+                      train={"iterations": 6, "fail_without_positives": 3, "record_every": 0})
+    out = train_tracked(cfg, workspace, f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="fsr")
+    assert out.result.status == "FAILED"
+    assert out.result.reason.startswith("no positive anchors for 3 iterations in a row (iterations 1-3)")
+    run = MlflowClient(out.tracking_uri).get_run(out.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["failure_reason"] == out.result.reason
+    assert "val/AP" not in run.data.metrics

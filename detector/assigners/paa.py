@@ -7,7 +7,7 @@
    focal loss summed over all classes + `score_giou_weight` x (1 - GIoU(decoded box, GT)).
 3. Candidates of a GT: on each level, the `topk` lowest-score anchors among those first-matched to it.
    Candidate sets of different GTs are disjoint, so GTs never compete for an anchor.
-4. A 2-component 1-D GMM per GT by EM (`gmm.fit_gmm`, all GTs at once), component 0 started at the
+4. A 2-component 1-D GMM per GT by EM (`fit_gmm`, from `gmm`; all GTs at once), component 0 started at the
    lowest score (foreground).
 5. Separation (Fig. 3), on candidates sorted by score; the fg (bg) peak is the fg (bg)-component
    candidate with the highest mixture log-density:
@@ -29,18 +29,15 @@ candidate); a NaN prediction also makes the training loss non-finite, which fail
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
 from detector.assigners.base import BG, IGNORE, AssignInputs, AssignResult, empty_result
+from detector.assigners.gmm import GMMFit, fit_gmm  # public here too: detector.assigners.paa.fit_gmm
 from detector.assigners.paa_score import anchor_scores
 from detector.assigners.pairs import Pairs, overlapping_pairs
 from detector.config import PAAConfig
 
-if TYPE_CHECKING:
-    from detector.assigners.gmm import GMMFit
 
 INF = float("inf")
 
@@ -124,7 +121,7 @@ def _first_argmax(values: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask.any(dim=1), first, torch.full_like(first, -1))
 
 
-def separate(fit: "GMMFit", sorted_valid: Tensor, cfg: PAAConfig) -> tuple[Tensor, Tensor]:
+def separate(fit: GMMFit, sorted_valid: Tensor, cfg: PAAConfig) -> tuple[Tensor, Tensor]:
     """Positive and ignore masks (G, N) over score-sorted candidates from a GMM fit (Fig. 3 a-d)."""
     g, n = sorted_valid.shape
     comp = fit.predict()
@@ -158,7 +155,7 @@ def separate(fit: "GMMFit", sorted_valid: Tensor, cfg: PAAConfig) -> tuple[Tenso
     return pos, ignore & ~pos & ~(no_fg | single)  # edge-case rows: nothing ignored
 
 
-def split_candidates(s: Tensor, v: Tensor, cfg: PAAConfig) -> tuple[Tensor, Tensor, "GMMFit | None"]:
+def split_candidates(s: Tensor, v: Tensor, cfg: PAAConfig) -> tuple[Tensor, Tensor, GMMFit | None]:
     """Positive and ignore masks (G, N) over score-sorted candidates `s` (valid `v`), and the GMM fit if any.
 
     `fnp` / `fsr` (Table 1) replace the GMM by a fixed number / a fixed score range of positives.
@@ -168,8 +165,6 @@ def split_candidates(s: Tensor, v: Tensor, cfg: PAAConfig) -> tuple[Tensor, Tens
         return v & (rank < cfg.fnp), torch.zeros_like(v), None
     if cfg.fsr > 0:
         return v & (torch.exp(-s.masked_fill(~v, INF)) > cfg.fsr), torch.zeros_like(v), None
-    from detector.assigners.gmm import fit_gmm
-
     dtype = torch.float64 if cfg.gmm_float64 else torch.float32
     fit = fit_gmm(s.masked_fill(~v, 0.0), v, tol=cfg.gmm_tol, max_iter=cfg.gmm_max_iter,
                   reg_covar=cfg.gmm_reg_covar, dtype=dtype)
@@ -222,3 +217,6 @@ def assign_paa(inputs: AssignInputs, cfg: PAAConfig) -> AssignResult:
         "scores": s, "valid": v, "positive": pos, "fit": fit,
     }
     return result
+
+
+__all__ = ["assign_paa", "fit_gmm", "GMMFit", "first_matching", "candidate_rows", "separate", "split_candidates"]

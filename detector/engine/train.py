@@ -97,7 +97,8 @@ class TrainStep:
 def train(cfg: Config, workspace: Path, hooks: TrainHooks | None = None, resume: bool = False) -> TrainResult:
     """Train `cfg` to its last iteration (or resume from the run directory's last checkpoint), then evaluate.
 
-    A non-finite loss stops the run as FAILED with reason "diverged at iteration N" (1-based).
+    A non-finite loss stops the run as FAILED with reason "diverged at iteration N" (1-based); so does an
+    assigner that gives no positive for `train.fail_without_positives` iterations in a row.
     """
     hooks = hooks or TrainHooks()
     t0 = time.perf_counter()
@@ -139,6 +140,7 @@ def train(cfg: Config, workspace: Path, hooks: TrainHooks | None = None, resume:
     batches = iter(loader)
     model.train()
     last_ckpt = workdir / LAST if start else None
+    without_positives = 0  # iterations in a row whose batch held GTs but got no positive anchor
     for it in range(start, tc.iterations):
         t_data = time.perf_counter()
         batch = next(batches).to(device, non_blocking=True)
@@ -148,8 +150,17 @@ def train(cfg: Config, workspace: Path, hooks: TrainHooks | None = None, resume:
         with torch.autocast(device.type, enabled=use_amp):
             losses, result, counts = step(batch)
         loss = losses["loss"]
-        if not torch.isfinite(loss).item():
+        # one host sync for both checks: a non-finite loss, and a batch with GTs but no positive
+        finite, no_positive = torch.stack([torch.isfinite(loss).detach(),
+                                           batch.gt_valid.any() & ~result.positive.any()]).tolist()
+        without_positives = without_positives + 1 if no_positive else 0
+        reason = None
+        if not finite:
             reason = f"diverged at iteration {it + 1}"
+        elif 0 < tc.fail_without_positives <= without_positives:
+            reason = (f"no positive anchors for {without_positives} iterations in a row "
+                      f"(iterations {it + 2 - without_positives}-{it + 1}): the assigner found none")
+        if reason:
             log.error(reason)
             hooks.on_end("FAILED", reason)
             return TrainResult("FAILED", reason, it, checkpoint=last_ckpt, wall_time=time.perf_counter() - t0)
