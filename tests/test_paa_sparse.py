@@ -157,3 +157,28 @@ def test_sparse_assignment_equals_the_dense_definition(seed, cfg):
     got = {(int(r) // m, int(r) % m): set(anchor_of[k][v[k]].tolist()) for k, r in enumerate(rows)}
     assert got == cand_sets
     assert (s[:, 1:] >= s[:, :-1]).all()  # each row ascending, padding (+inf) last
+
+
+@pytest.mark.parametrize("topk", [1, 3, 9])
+@pytest.mark.parametrize("logit_scale", [0.5, 4.0])  # tight and loose lower bounds
+def test_needed_scores_keep_every_groups_topk_lowest_and_their_exact_scores(topk, logit_scale):
+    from detector.assigners.paa_candidates import level_groups, needed_scores
+    from detector.assigners.paa_score import AnchorScorer
+
+    inputs = batch(5, images=4, m=7)
+    inputs.cls_logits = inputs.cls_logits * logit_scale
+    cfg = PAAConfig(topk=topk)
+    b, m = inputs.gt_labels.shape
+    a = inputs.anchors.shape[0]
+    matched = dense_first_matching(inputs, cfg)
+    img, anc = (matched >= 0).nonzero(as_tuple=True)
+    gt = matched[img, anc]
+    full = anchor_scores(inputs, img * a + anc, img * m + gt, cfg)
+    group = level_groups(img, anc, gt, m, inputs.num_per_level)
+    idx, score = needed_scores(AnchorScorer(inputs, img * a + anc, img * m + gt, cfg), group, topk)
+    assert len(set(idx.tolist())) == len(idx) < len(full)  # no anchor twice, and some were ruled out
+    assert torch.equal(score, full[idx])  # exact scores, bit for bit
+    for g in group.unique():
+        members = (group == g).nonzero().squeeze(1)
+        best = members[full[members].argsort(stable=True)[:topk]]
+        assert set(best.tolist()) <= set(idx.tolist())

@@ -5,7 +5,8 @@
    official maskrcnn-benchmark Matcher does.
 2. Anchor score (`paa_score`; lower is better; Eq. 1-5 read as losses) on detached predictions:
    focal loss summed over all classes + `score_giou_weight` x (1 - GIoU(decoded box, GT)).
-3. Candidates of a GT: on each level, the `topk` lowest-score anchors among those first-matched to it.
+3. Candidates of a GT (`paa_candidates`): on each level, the `topk` lowest-score anchors among those
+   first-matched to it.
    Candidate sets of different GTs are disjoint, so GTs never compete for an anchor.
 4. A 2-component 1-D GMM per GT by EM (`fit_gmm`, from `gmm`; all GTs at once), component 0 started at the
    lowest score (foreground).
@@ -22,10 +23,12 @@ all candidates positive. "mmdet": no positive in both cases, and the prefix is c
 list (fg-component candidates up to the fg peak), as the mmdetection port (REFERENCE_NOTES 1.5).
 
 Cost: steps 1-3 are sparse. Only overlapping (image, GT, anchor) pairs are built (`pairs`: a few
-hundred per GT instead of every anchor), only first-matched anchors are scored, and candidates come
-from two sorts, so no (B, M, A) tensor exists. The labels equal the dense definition's (tested).
-Scores are clamped at 0 (a loss; float rounding can give -1e-9) and NaN scores become +inf (never a
-candidate); a NaN prediction also makes the training loss non-finite, which fails the run.
+hundred per GT instead of every anchor); of the first-matched anchors, only those that a cheap lower
+bound of the score cannot rule out of their level's top-k are scored over all classes (`needed_scores`,
+about 1 in 10); candidates come from two sorts. No (B, M, A) tensor exists, and the labels equal the
+dense definition's (tested). Scores are clamped at 0 (a loss; float rounding can give -1e-9) and NaN
+scores become +inf (never a candidate); a NaN prediction also makes the training loss non-finite,
+which fails the run.
 """
 from __future__ import annotations
 
@@ -34,12 +37,12 @@ from torch import Tensor
 
 from detector.assigners.base import BG, IGNORE, AssignInputs, AssignResult, empty_result
 from detector.assigners.gmm import GMMFit, fit_gmm  # public here too: detector.assigners.paa.fit_gmm
-from detector.assigners.paa_score import anchor_scores
+from detector.assigners.paa_candidates import INF, level_groups, candidate_rows, needed_scores
+from detector.assigners.paa_score import AnchorScorer
 from detector.assigners.pairs import Pairs, overlapping_pairs
 from detector.config import PAAConfig
 
 
-INF = float("inf")
 
 
 def first_matching(pairs: Pairs, batch: int, num_gts: int, num_anchors: int, cfg: PAAConfig) -> tuple[Tensor, Tensor]:
@@ -63,52 +66,6 @@ def first_matching(pairs: Pairs, batch: int, num_gts: int, num_anchors: int, cfg
         restored = key[pairs.iou == gt_best.index_select(0, gt_key)]
         matched.index_copy_(0, restored, best_gt.index_select(0, restored))
     return matched.view(batch, num_anchors), best.view(batch, num_anchors)
-
-
-def _rank_in_group(group: Tensor) -> Tensor:
-    """(P,) sorted group keys -> 0, 1, 2, ... within each run of equal keys."""
-    pos = torch.arange(len(group), device=group.device)
-    new_run = torch.ones_like(group, dtype=torch.bool)
-    new_run[1:] = group[1:] != group[:-1]
-    run_start = torch.where(new_run, pos, 0).cummax(0).values
-    return pos - run_start
-
-
-def _sort_by(group: Tensor, score: Tensor) -> tuple[Tensor, Tensor]:
-    """Sort by (group, score) in one pass: (sorted groups, permutation). Ties keep their order.
-
-    score must be >= 0 (+inf allowed): the bit patterns of non-negative floats order like the floats.
-    """
-    key = (group << 32) | score.float().view(torch.int32).long()
-    key, order = key.sort(stable=True)
-    return key >> 32, order
-
-
-def candidate_rows(image: Tensor, anchor: Tensor, gt: Tensor, score: Tensor, num_gts: int,
-                   num_per_level: list[int], topk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Candidates of every GT (step 3) as padded rows sorted by score.
-
-    Args:
-        image, anchor, gt, score: (P,) the first-matched anchors, their GT and score (>= 0).
-    Returns:
-        rows (R,) = image * num_gts + GT of each GT with candidates; scores (R, N) ascending with +inf
-        padding; validity (R, N); anchor index (R, N). N = sum over levels of min(topk, level size).
-    """
-    starts = torch.tensor(num_per_level, device=anchor.device).cumsum(0)
-    row_key = image * num_gts + gt
-    group = row_key * len(num_per_level) + torch.bucketize(anchor, starts, right=True)
-    group, order = _sort_by(group, score)
-    cand = order[_rank_in_group(group) < topk]  # the topk lowest scores of each (GT, level)
-
-    row_key, order = _sort_by(row_key.index_select(0, cand), score.index_select(0, cand))
-    cand = cand.index_select(0, order)
-    rows, row_of = torch.unique_consecutive(row_key, return_inverse=True)
-    width = sum(min(topk, n) for n in num_per_level)
-    flat = row_of.mul_(width).add_(_rank_in_group(row_key))
-    s = score.new_full((len(rows) * width,), INF).index_copy_(0, flat, score.index_select(0, cand))
-    anchor_of = anchor.new_zeros(len(rows) * width).index_copy_(0, flat, anchor.index_select(0, cand))
-    s, anchor_of = s.view(-1, width), anchor_of.view(-1, width)
-    return rows, s, torch.isfinite(s), anchor_of
 
 
 def _first_argmax(values: Tensor, mask: Tensor) -> Tensor:
@@ -196,7 +153,9 @@ def assign_paa(inputs: AssignInputs, cfg: PAAConfig) -> AssignResult:
     anchor_flat = (matched.view(-1) >= 0).nonzero().squeeze(1)  # (P,) first-matched anchors, image * A + anchor
     image, anchor = anchor_flat // a, anchor_flat % a
     gt = matched.view(-1).index_select(0, anchor_flat)
-    score = anchor_scores(inputs, anchor_flat, image * m + gt, cfg).clamp_(min=0).nan_to_num_(nan=INF)
+    scorer = AnchorScorer(inputs, anchor_flat, image * m + gt, cfg)
+    idx, score = needed_scores(scorer, level_groups(image, anchor, gt, m, inputs.num_per_level), cfg.topk)
+    image, anchor, gt = image.index_select(0, idx), anchor.index_select(0, idx), gt.index_select(0, idx)
     rows, s, v, anchor_of = candidate_rows(image, anchor, gt, score, m, inputs.num_per_level, cfg.topk)
     img_of_row, gt_of_row = rows // m, rows % m
     pos, ignore, fit = split_candidates(s, v, cfg)
