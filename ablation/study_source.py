@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from detector.config import ConfigError
+from detector.config import ConfigError, YamlLoader
 
 
 class StudyError(ConfigError):
@@ -37,8 +37,8 @@ class LineList(list):
         self.lines: list[int] = []
 
 
-class _LineLoader(yaml.SafeLoader):
-    pass
+class _LineLoader(YamlLoader):
+    """detector.config's loader (YAML 1.2 exponent floats), building LineDict / LineList."""
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> LineDict:
@@ -61,9 +61,6 @@ def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> LineLis
     return out
 
 
-# YAML 1.2 exponent floats (1e-4, 1.0e12): PyYAML (YAML 1.1) would read them as strings.
-_LineLoader.add_implicit_resolver("tag:yaml.org,2002:float",
-                                  re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 

@@ -120,27 +120,24 @@ def reference_assign(inputs: AssignInputs, cfg: PAAConfig) -> tuple[torch.Tensor
 def stage_seconds(inputs: AssignInputs, cfg: PAAConfig, repeats: int, sync) -> tuple[float, float, int, int]:
     """Batched times of anchor scoring (`needed_scores`) and of what the reference runs per GT (candidates,
     GMM, separation); the number of first-matched anchors, and of those scored exactly."""
-    from detector.assigners.paa import first_matching
+    from detector.assigners.paa import first_matched_anchors
     from detector.assigners.paa_candidates import level_groups, needed_scores
     from detector.assigners.paa_score import AnchorScorer
-    from detector.assigners.pairs import overlapping_pairs
 
-    b, m = inputs.gt_labels.shape
+    m = inputs.gt_labels.shape[1]
     a = inputs.anchors.shape[0]
-    pairs = overlapping_pairs(inputs.gt_boxes, inputs.gt_valid, inputs.anchors, inputs.num_per_level)
-    matched, _ = first_matching(pairs, b, m, a, cfg)
-    image, anchor = (matched >= 0).nonzero(as_tuple=True)
-    gt = matched[image, anchor]
+    image, anchor, gt, _ = first_matched_anchors(inputs, cfg)
     group = level_groups(image, anchor, gt, m, inputs.num_per_level)
     t_score, (idx, score) = timed(lambda: needed_scores(AnchorScorer(inputs, image * a + anchor, image * m + gt, cfg),
                                                         group, cfg.topk), repeats, sync)
+    n_matched = len(image)
     image, anchor, gt = image[idx], anchor[idx], gt[idx]
 
     def stage():
         _, s, v, _ = candidate_rows(image, anchor, gt, score, m, inputs.num_per_level, cfg.topk)
         return split_candidates(s, v, cfg)
 
-    return t_score, timed(stage, repeats, sync)[0], len(matched[matched >= 0]), len(idx)
+    return t_score, timed(stage, repeats, sync)[0], n_matched, len(idx)
 
 
 def timed(fn, repeats: int, sync) -> tuple[float, object]:

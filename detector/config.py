@@ -295,7 +295,7 @@ def parse_override(text: str) -> dict:
         raise ConfigError(f"override '{text}' is not of the form key.path=value")
     path, raw = text.split("=", 1)
     try:
-        value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""
+        value = yaml.load(raw, Loader=YamlLoader) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     node: dict = {}
@@ -308,11 +308,11 @@ def parse_override(text: str) -> dict:
     return root
 
 
-class _Loader(yaml.SafeLoader):
+class YamlLoader(yaml.SafeLoader):
     """SafeLoader that also reads YAML 1.2 exponent floats (1e-4, 1.0e12), which PyYAML leaves as strings."""
 
 
-_Loader.add_implicit_resolver(
+YamlLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
 )
 
@@ -322,7 +322,7 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.load(path.read_text(), Loader=_Loader) or {}
+        data = yaml.load(path.read_text(), Loader=YamlLoader) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
@@ -363,6 +363,10 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"assign.paa.iou_thresh: must be in (0, 1], got {paa.iou_thresh}")
     if paa.topk < 1 or paa.gmm_max_iter < 1 or paa.fnp < 0 or paa.fsr < 0:
         raise ConfigError("assign.paa: topk and gmm_max_iter must be >= 1, fnp and fsr >= 0")
+    # the anchor score's lower bound (paa_score.AnchorScorer) needs non-negative focal terms
+    if not 0.0 <= paa.score_focal_alpha <= 1.0 or paa.score_focal_gamma < 0 or paa.score_giou_weight < 0:
+        raise ConfigError("assign.paa: score_focal_alpha must be in [0, 1], score_focal_gamma and "
+                          "score_giou_weight >= 0")
 
 
 def load_config(paths: list[str | Path] | None = None, overrides: list[str] | None = None) -> Config:

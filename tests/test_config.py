@@ -73,3 +73,10 @@ def test_hash_changes_with_any_field():
     a = build_config({})
     assert config_hash(a) == config_hash(build_config({}))
     assert config_hash(a) != config_hash(build_config({"train": {"seed": 1}}))
+
+
+@pytest.mark.parametrize("override", ["assign.paa.score_focal_alpha=1.5", "assign.paa.score_giou_weight=-1",
+                                      "assign.paa.iou_thresh=0"])
+def test_paa_score_settings_that_would_break_its_bound_are_refused(override):
+    with pytest.raises(ConfigError, match="assign.paa"):
+        load_config(None, [override])

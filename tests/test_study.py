@@ -305,3 +305,13 @@ def test_shipped_studies_validate_with_paper_and_quick_profiles():
         for profile in ("paper", "quick"):
             assert expand(study, profile), path
         assert all(s.config.model.backbone.name == "tiny" for s in expand(study, "quick")), path
+
+
+def test_study_yaml_reads_exponent_floats_with_line_numbers(tmp_path):
+    from ablation.study_source import read_yaml
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\noverrides: {train.base_lr: 1e-4, train.weight_decay: 2.5e-5}\n")
+    raw = read_yaml(path)
+    assert raw["overrides"] == {"train.base_lr": 1e-4, "train.weight_decay": 2.5e-5}
+    assert raw.lines["overrides"] == 2

@@ -43,8 +43,6 @@ from detector.assigners.pairs import Pairs, overlapping_pairs
 from detector.config import PAAConfig
 
 
-
-
 def first_matching(pairs: Pairs, batch: int, num_gts: int, num_anchors: int, cfg: PAAConfig) -> tuple[Tensor, Tensor]:
     """Overlapping pairs -> (matched GT (B, A), -1 for none; the anchor's best IoU (B, A), 0 for none).
 
@@ -66,6 +64,18 @@ def first_matching(pairs: Pairs, batch: int, num_gts: int, num_anchors: int, cfg
         restored = key[pairs.iou == gt_best.index_select(0, gt_key)]
         matched.index_copy_(0, restored, best_gt.index_select(0, restored))
     return matched.view(batch, num_anchors), best.view(batch, num_anchors)
+
+
+def first_matched_anchors(inputs: AssignInputs, cfg: PAAConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Step 1 for a batch: the P first-matched anchors as image (P,), anchor (P,), GT (P,) (image-major,
+    then anchor order), and every anchor's best IoU (B, A)."""
+    b, m = inputs.gt_labels.shape
+    a = inputs.anchors.shape[0]
+    pairs = overlapping_pairs(inputs.gt_boxes, inputs.gt_valid, inputs.anchors, inputs.num_per_level,
+                              inputs.anchors_per_location)
+    matched, best_iou = first_matching(pairs, b, m, a, cfg)
+    anchor_flat = (matched.view(-1) >= 0).nonzero().squeeze(1)  # image * A + anchor
+    return anchor_flat // a, anchor_flat % a, matched.view(-1).index_select(0, anchor_flat), best_iou
 
 
 def _first_argmax(values: Tensor, mask: Tensor) -> Tensor:
@@ -134,8 +144,9 @@ def assign_paa(inputs: AssignInputs, cfg: PAAConfig) -> AssignResult:
     """PAA labels for a batch (steps in the module docstring).
 
     Needs `inputs.cls_logits` (B, A, C) and `inputs.pred_boxes` (B, A, 4), detached.
-    Only overlapping (image, GT, anchor) pairs are visited (`pairs.overlapping_pairs`), and only
-    first-matched anchors are scored, so no (B, M, A) tensor is built; labels equal the dense rule's.
+    Only overlapping (image, GT, anchor) pairs are visited (`pairs.overlapping_pairs`), and only the
+    first-matched anchors a score bound cannot rule out are scored (`paa_candidates.needed_scores`), so no
+    (B, M, A) tensor is built; labels equal the dense definition's.
     `result.extras["paa"]` holds one row per (image, GT) with candidates, for diagnostics: the image and
     GT indices and label, sorted candidate scores (R, N), their validity and positive flags, and the
     `GMMFit` of those rows (None under `fnp` / `fsr`).
@@ -147,13 +158,8 @@ def assign_paa(inputs: AssignInputs, cfg: PAAConfig) -> AssignResult:
     device = inputs.anchors.device
     if m == 0 or a == 0:
         return empty_result(b, a, device)
-    pairs = overlapping_pairs(inputs.gt_boxes, inputs.gt_valid, inputs.anchors, inputs.num_per_level,
-                              inputs.anchors_per_location)
-    matched, best_iou = first_matching(pairs, b, m, a, cfg)
-    anchor_flat = (matched.view(-1) >= 0).nonzero().squeeze(1)  # (P,) first-matched anchors, image * A + anchor
-    image, anchor = anchor_flat // a, anchor_flat % a
-    gt = matched.view(-1).index_select(0, anchor_flat)
-    scorer = AnchorScorer(inputs, anchor_flat, image * m + gt, cfg)
+    image, anchor, gt, best_iou = first_matched_anchors(inputs, cfg)
+    scorer = AnchorScorer(inputs, image * a + anchor, image * m + gt, cfg)
     idx, score = needed_scores(scorer, level_groups(image, anchor, gt, m, inputs.num_per_level), cfg.topk)
     image, anchor, gt = image.index_select(0, idx), anchor.index_select(0, idx), gt.index_select(0, idx)
     rows, s, v, anchor_of = candidate_rows(image, anchor, gt, score, m, inputs.num_per_level, cfg.topk)
@@ -178,4 +184,4 @@ def assign_paa(inputs: AssignInputs, cfg: PAAConfig) -> AssignResult:
     return result
 
 
-__all__ = ["assign_paa", "fit_gmm", "GMMFit", "first_matching", "candidate_rows", "separate", "split_candidates"]
+__all__ = ["assign_paa", "fit_gmm", "GMMFit", "first_matching", "first_matched_anchors", "candidate_rows", "separate", "split_candidates"]
