@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 from pathlib import Path
 from typing import List, Optional
 
@@ -97,7 +98,8 @@ def _print_metrics(metrics: dict) -> None:
 def train(
     config: List[Path] = typer.Option(..., "--config", "-c", help="Config YAML; repeat to layer (later wins)."),
     set_: List[str] = typer.Option([], "--set", help="Override, e.g. --set train.iterations=100."),
-    resume: bool = typer.Option(False, help="Resume the unfinished run of this config from its last checkpoint."),
+    resume: bool = typer.Option(False, help="Resume the interrupted run of this config (same run key) from its last "
+                                "checkpoint; a FAILED run is never resumed (without one, a new run starts)."),
     workspace: Optional[Path] = typer.Option(None, help="Workspace (default $ANCHORLAB_HOME or ./anchorlab-runs)."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: SQLite in the workspace)."),
     experiment: str = typer.Option("anchorlab", help="MLflow experiment name."),
@@ -108,22 +110,31 @@ def train(
     _setup_logging(verbose)
     with _user_errors():
         cfg = _load(config, set_)
-        from ablation.progress import RichProgressHooks, make_progress
-        from ablation.train_run import train_tracked
+        from ablation.display.run_progress import RichProgressHooks, make_progress
+        from ablation.execution.run import RunSpec, execute
+        from ablation.tracking.store import resolve_tracking_uri, workspace_dir
+        from detector.config import ConfigError
+        from detector.data.coco import DataError
 
+        ws = workspace_dir(workspace)
+        spec = RunSpec(cfg, run_name or cfg.name, experiment, resume=resume)
         with make_progress() as progress:
-            outcome = train_tracked(
-                cfg, workspace, tracking_uri, experiment, run_name, resume,
-                extra_hooks=RichProgressHooks(progress, cfg.train.iterations),
-            )
-    result = outcome.result
-    if result.status != "FINISHED":
-        typer.secho(f"run {outcome.run_id} FAILED: {result.reason}", fg=typer.colors.RED)
-        raise typer.Exit(1)
+            outcome = execute(spec, ws, tracking_uri, hooks=RichProgressHooks(progress, cfg.train.iterations),
+                              on_wait=lambda: progress.console.print(
+                                  f"waiting: another process is training run key {spec.key}"))
+    if outcome.status != "FINISHED":
+        user_error = isinstance(outcome.error, (ConfigError, DataError, FileNotFoundError))
+        _fail(f"run {outcome.run_id} {outcome.status}: {outcome.reason}", code=2 if user_error else 1)
+    result, uri = outcome.result, resolve_tracking_uri(tracking_uri, ws)
     if result.metrics:
         _print_metrics(result.metrics)
-    typer.echo(f"run {outcome.run_id} finished in {result.wall_time:.0f}s; checkpoint {result.checkpoint}")
-    typer.echo(f"tracked in {outcome.tracking_uri} (experiment '{outcome.experiment}'); open it with: anchorlab ui")
+    with tempfile.TemporaryDirectory() as tmp:  # drawn after training, from the stored records; kept in MLflow
+        from dashboards.run_figures import draw_run_figures
+
+        figures = draw_run_figures(uri, outcome.run_id, tmp)
+    typer.echo(f"run {outcome.run_id} finished in {result.wall_time:.0f}s; checkpoint {result.checkpoint}; "
+               f"{len(figures)} assignment figures stored with the run")
+    typer.echo(f"tracked in {uri} (experiment '{experiment}'); open it with: anchorlab ui")
 
 
 @app.command("eval")
@@ -139,7 +150,7 @@ def eval_(
         cfg = _load(config, set_)
         from rich.progress import Progress
 
-        from ablation.tracking import workspace_dir
+        from ablation.tracking.store import workspace_dir
         from detector.engine.evaluate import evaluate_model
         from detector.engine.predictor import load_detector
 
@@ -162,7 +173,7 @@ def ui(
     host: str = typer.Option("127.0.0.1"),
 ):
     """Open the MLflow UI over the workspace's store (Ctrl-C to stop)."""
-    from ablation.tracking import launch_ui, ui_url, workspace_dir
+    from ablation.tracking.store import launch_ui, ui_url, workspace_dir
 
     proc = launch_ui(workspace_dir(workspace), tracking_uri, host=host, port=port)
     typer.echo(f"MLflow UI: {ui_url(host, port)}  (Ctrl-C to stop)")
@@ -170,6 +181,31 @@ def ui(
         proc.wait()
     except KeyboardInterrupt:
         proc.terminate()
+
+
+viz_app = typer.Typer(no_args_is_help=True, help="Figures drawn from what tracked runs stored.")
+app.add_typer(viz_app, name="viz")
+
+
+@viz_app.command("assign")
+def viz_assign(
+    run_id: str = typer.Argument(..., help="MLflow run id (printed by 'anchorlab train', shown in the UI)."),
+    out: Path = typer.Option(Path("figures"), help="Folder for the PNG files."),
+    log: bool = typer.Option(True, help="Also store the figures with the run (beside its records)."),
+    workspace: Optional[Path] = typer.Option(None),
+    tracking_uri: Optional[str] = typer.Option(None),
+):
+    """Assignment figures of a run: positives per GT and (PAA) GMM fits, from its stored records."""
+    from ablation.tracking.reader import RunNotFound
+    from ablation.tracking.store import resolve_tracking_uri, workspace_dir
+    from dashboards.run_figures import draw_run_figures
+
+    uri = resolve_tracking_uri(tracking_uri, workspace_dir(workspace))
+    try:
+        paths = draw_run_figures(uri, run_id, out / run_id, log=log)
+    except RunNotFound as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {len(paths)} figures to {out / run_id}" + (" and logged them to the run" if log and paths else ""))
 
 
 # ---------------------------------------------------------------- studies
@@ -183,7 +219,7 @@ _QUEUE_HELP = ("Work queue: a journal file path, or a PostgreSQL URL that severa
 
 @contextlib.contextmanager
 def _study_errors():
-    from ablation.queue import QueueError
+    from ablation.execution.queue import QueueError
 
     with _user_errors():
         try:
@@ -199,8 +235,9 @@ def study_run(
     workers: int = typer.Option(1, min=1, help="Local worker processes; CPU threads are split among them."),
     gpus: Optional[str] = typer.Option(None, help="GPU ids, e.g. 0,1: one worker per GPU with CUDA_VISIBLE_DEVICES "
                                        "pinned (instead of --workers)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="List every run (label, seed, config hash, state) only."),
-    retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed runs again (default: they stay so)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List every run (label, seed, run key, state) only."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Train failed runs again from scratch (default: "
+                                      "they stay failed)."),
     queue_storage: Optional[str] = typer.Option(None, help=_QUEUE_HELP),
     heartbeat: float = typer.Option(10.0, min=0.1, help="Seconds between worker heartbeats; a run whose worker misses "
                                     "6 is handed out again (at once when the worker was on this machine and is gone)."),
@@ -210,16 +247,17 @@ def study_run(
 ):
     """Run a study: each row x seed is one tracked MLflow run under one parent run per profile.
 
-    Re-running the same command reuses finished runs (same config hash), resumes interrupted ones from
-    their last checkpoint and leaves failed ones failed (unless --retry-failed). Several invocations, or
+    Re-running the same command reuses finished runs (same run key, in this study or any other in the
+    workspace), resumes interrupted ones from their last checkpoint and leaves failed ones failed (unless
+    --retry-failed, which starts them again from scratch). Several invocations, or
     machines sharing --queue-storage and the tracking store, can work on one study: each run goes to
     exactly one worker. Prints the paper-style table at the end.
     """
     _setup_logging(verbose)
     with _study_errors():
-        from ablation.runner import RunnerSettings, format_plan, plan, run_study
-        from ablation.study_progress import ProgressDisplay
-        from ablation.study import load_study
+        from ablation.display.study_progress import ProgressDisplay
+        from ablation.execution.launcher import RunnerSettings, format_plan, plan, run_study
+        from ablation.study.expand import load_study
 
         study = load_study(file)
         profile = profile or study.default_profile()
@@ -257,8 +295,8 @@ def study_status(
 ):
     """Every run of the study with its state (from MLflow) and the workers holding runs now (from the queue)."""
     with _study_errors():
-        from ablation.runner import RunnerSettings, format_plan, plan
-        from ablation.study import load_study
+        from ablation.execution.launcher import RunnerSettings, format_plan, plan
+        from ablation.study.expand import load_study
 
         study = load_study(file)
         profile = profile or study.default_profile()
@@ -285,9 +323,9 @@ def study_table(
     Failed rows read "training failed", rows without runs "pending". Also logged to the parent run.
     """
     with _study_errors():
-        from ablation.study import load_study
-        from ablation.tables import FORMATS
-        from ablation.tables import study_table as build
+        from ablation.execution.launcher import study_table as build
+        from ablation.study.expand import load_study
+        from ablation.tables.render import FORMATS
 
         if format_ not in FORMATS:
             _fail(f"--format '{format_}' is not one of {', '.join(FORMATS)}")

@@ -22,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ablation.tracking import MlflowHooks, ensure_experiment, resolve_tracking_uri, workspace_dir  # noqa: E402
+from ablation.tracking.store import ensure_experiment, resolve_tracking_uri, workspace_dir  # noqa: E402
+from ablation.tracking.writer import MlflowHooks  # noqa: E402
 
 
 def scalars_at(it: int, n: int) -> dict[str, float]:

@@ -51,7 +51,7 @@ def measure(which: str, cfg_paths: list[str], overrides: list[str], device: str,
     from torch import nn
 
     from detector.config import load_config
-    from detector.engine.train import TrainStep
+    from detector.engine.step import TrainStep
     from detector.model.detector import DenseDetector
 
     # Denormal floats make CPU convolutions many times slower; flush them to zero for both detectors.

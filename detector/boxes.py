@@ -1,7 +1,7 @@
 """Box helpers. All boxes are xyxy in pixels unless a name says otherwise.
 
 `box_iou` is torchvision's; what it lacks (batched pairwise IoU with padding, IoF against ignore
-regions, centres) lives here.
+regions, centres, point-to-side distances) lives here.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou  # [N,4] x [M,4] -> [N,M]
 
-__all__ = ["box_iou", "batched_box_iou", "box_iof", "box_centers", "aligned_iou", "aligned_giou"]
+__all__ = ["box_iou", "batched_box_iou", "box_iof", "box_centers", "point_box_distances", "aligned_iou", "aligned_giou"]
 
 
 def box_area(boxes: Tensor) -> Tensor:
@@ -47,6 +47,15 @@ def box_iof(regions: Tensor, anchors: Tensor) -> Tensor:
 def box_centers(boxes: Tensor) -> Tensor:
     """[..., 4] -> [..., 2] (cx, cy)."""
     return (boxes[..., :2] + boxes[..., 2:]) / 2
+
+
+def point_box_distances(points: Tensor, boxes: Tensor) -> Tensor:
+    """Distances (l, t, r, b) from points to the four sides of boxes: [..., 2] x [..., 4] (broadcastable) -> [..., 4].
+
+    l = x - x1, t = y - y1, r = x2 - x, b = y2 - y: all positive exactly when the point lies strictly
+    inside the box (ATSS's centre test, FCOS's regression targets and centerness).
+    """
+    return torch.cat([points - boxes[..., :2], boxes[..., 2:] - points], dim=-1)
 
 
 def aligned_iou(a: Tensor, b: Tensor) -> Tensor:

@@ -14,6 +14,14 @@ from detector.config import InferenceConfig
 from detector.model.head import HeadOutput
 
 
+def resolve_score_fusion(fusion: str, method_fusion: str, has_aux: bool) -> str:
+    """The score fusion applied: `inference.score_fusion` as given, except "auto", which means the method's
+    own (`Method.score_fusion`) when the head has an aux branch and "none" without one."""
+    if fusion != "auto":
+        return fusion
+    return method_fusion if has_aux else "none"
+
+
 def fused_scores(out: HeadOutput, fusion: str) -> Tensor:
     """(B, A, C) detection scores: the class probability, optionally fused with the aux branch."""
     scores = out.cls_logits.float().sigmoid()
@@ -43,11 +51,14 @@ def postprocess(
     image_sizes: Tensor,
     box_coder: BoxCoder,
     cfg: InferenceConfig,
+    method_fusion: str,
 ) -> list[dict[str, Tensor]]:
     """Returns, per image, {"boxes": (n, 4) xyxy in resized pixels, "scores": (n,), "labels": (n,)}
     plus "aux": (n,) the aux branch's probability (predicted IoU or centerness) when the head has one.
+    `method_fusion` is the run's method's `score_fusion`, what `cfg.score_fusion` "auto" stands for.
     """
-    scores = fused_scores(out, cfg.score_fusion)  # (B, A, C)
+    fusion = resolve_score_fusion(cfg.score_fusion, method_fusion, has_aux=out.aux_logits is not None)
+    scores = fused_scores(out, fusion)  # (B, A, C)
     b, _, c = scores.shape
     device = scores.device
     cand_scores, cand_anchor, cand_label = [], [], []

@@ -6,11 +6,14 @@ import torch
 from torchvision.models.detection._utils import Matcher
 from torchvision.ops import box_iou
 
-from detector.assigners import ASSIGNERS, BG, IGNORE, AssignInputs, assign
-from detector.assigners.atss import assign_atss
-from detector.assigners.max_iou import assign_max_iou
-from detector.config import AnchorConfig, AssignConfig, ATSSConfig, MaxIoUConfig
+from detector.assigners import BG, IGNORE, AssignInputs, assign
+from detector.assigners.atss import ATSSConfig, assign_atss
+from detector.assigners.max_iou import MaxIoUConfig, assign_max_iou
+from detector.config import AnchorConfig, AssignConfig
+from detector.methods import METHODS, method_config
 from detector.model.anchors import grid_anchors
+
+ASSIGNERS = [name for name, method in METHODS.items() if method.assign is not None]  # the matrix's rows
 
 
 def make_inputs(gt_list, anchors=None, counts=None, strides=(8, 16, 32, 64, 128), pad_to=None, junk_padding=False):
@@ -55,8 +58,9 @@ def random_gts(n_images, max_gt, size=64, seed=0):
 
 
 def run(name, inputs):
+    """Assign with method `name` at its config defaults, as the training step does."""
     cfg = AssignConfig(name=name)
-    return assign(inputs, cfg)
+    return assign(inputs, METHODS[name].assign, method_config(cfg), cfg.ignore_iof)
 
 
 # ---------------------------------------------------------------- hand-computed fixtures
@@ -165,29 +169,67 @@ def test_atss_equals_per_gt_reference():
         assert torch.equal(ours.matched_gt[i], ref), f"image {i}"
 
 
+# ---------------------------------------------------------------- hand-computed fixture, every assigner
+
+# One level of five 10x10 anchors (xyxy pixels) and two GTs, g0 = [0, 0, 10, 10] and g1 = [40, 0, 52, 10]:
+#   a0 [0, 0, 10, 10]        equals g0: IoU(a0, g0) = 1
+#   a1 [20, 0, 30, 10]       overlaps no GT
+#   a2 [40, 0, 50, 10]       inside g1: IoU(a2, g1) = 100 / 120 = 0.833
+#   a3 [100, 100, 110, 110]  overlaps no GT
+#   a4 [3.5, 0, 13.5, 10]    IoU(a4, g0) = 65 / 135 = 0.481
+# Predictions (PAA reads them): the same logit for every anchor and class, every box predicted as its anchor.
+HAND_ANCHORS = [[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10], [100, 100, 110, 110], [3.5, 0, 13.5, 10]]
+HAND_GTS = [[0, 0, 10, 10], [40, 0, 52, 10]]
+HAND_EXPECTED = {
+    # pos 0.5 / neg 0.4: a0 -> g0 (1), a2 -> g1 (0.833); a4's 0.481 lies between the thresholds: IGNORE;
+    # a1, a3 (IoU 0): BG. Low-quality matches add nothing: each GT's best anchor is already matched to it.
+    "max_iou": [0, BG, 1, BG, IGNORE],
+    # topk 9 >= 5 anchors: all five are candidates of both GTs. g0: IoUs (1, 0, 0, 0, 0.481), threshold mean
+    # 0.296 + unbiased std 0.445 = 0.742: a0 alone, its centre (5, 5) 5 px inside g0. g1: IoUs (0, 0, 0.833,
+    # 0, 0), threshold 0.167 + 0.373 = 0.539: a2 alone, its centre (45, 5) at least 5 px inside g1.
+    "atss": [0, BG, 1, BG, BG],
+    # First matching (IoU >= 0.1): g0 {a0, a4}, g1 {a2}. Score = the same focal term F + (1 - GIoU): a0 F,
+    # a4 F + 0.519 (hull = union), a2 F + 0.167. g1's single candidate is positive (official edge case).
+    # g0: EM starts the fg component at the lower score, a0, which stays its peak; scheme c keeps the prefix
+    # up to the fg peak, a0, and a4 is negative.
+    "paa": [0, BG, 1, BG, BG],
+}
+
+
+@pytest.mark.parametrize("name", ASSIGNERS)
+def test_hand_computed_fixture(name):
+    anchors = torch.tensor(HAND_ANCHORS)
+    inputs = make_inputs([(HAND_GTS, [0, 1])], anchors=anchors, counts=[5], strides=[8])
+    inputs.cls_logits = torch.full((1, 5, 2), -4.0)
+    inputs.pred_boxes = anchors[None].clone()
+    r = run(name, inputs)
+    assert r.matched_gt.tolist() == [HAND_EXPECTED[name]]  # a new method needs its hand-computed case here
+    assert torch.allclose(r.iou[0], torch.tensor([1.0, 0.0, 100 / 120, 0.0, 0.0]))
+
+
 # ---------------------------------------------------------------- edge-case matrix over every assigner
 
-@pytest.mark.parametrize("name", list(ASSIGNERS))
+@pytest.mark.parametrize("name", ASSIGNERS)
 def test_no_gt(name):
     r = run(name, make_inputs([([], []), ([], [])]))
     assert (r.matched_gt == BG).all() and r.matched_gt.shape[0] == 2
 
 
-@pytest.mark.parametrize("name", list(ASSIGNERS))
+@pytest.mark.parametrize("name", ASSIGNERS)
 def test_all_gt_padding(name):
     inputs = make_inputs([([], [])], pad_to=3, junk_padding=True)
     r = run(name, inputs)
     assert (r.matched_gt == BG).all()
 
 
-@pytest.mark.parametrize("name", list(ASSIGNERS))
+@pytest.mark.parametrize("name", ASSIGNERS)
 def test_no_anchors(name):
     inputs = make_inputs(random_gts(2, 3, seed=3), anchors=torch.zeros(0, 4), counts=[0, 0, 0, 0, 0])
     r = run(name, inputs)
     assert r.matched_gt.shape == (2, 0)
 
 
-@pytest.mark.parametrize("name", list(ASSIGNERS))
+@pytest.mark.parametrize("name", ASSIGNERS)
 def test_batched_equals_per_image(name):
     gts = random_gts(6, 7, seed=4)
     batched = run(name, make_inputs(gts))
@@ -197,7 +239,7 @@ def test_batched_equals_per_image(name):
         assert torch.allclose(batched.iou[i], single.iou[0])
 
 
-@pytest.mark.parametrize("name", list(ASSIGNERS))
+@pytest.mark.parametrize("name", ASSIGNERS)
 def test_padding_invariance(name):
     gts = random_gts(4, 5, seed=5)
     a = run(name, make_inputs(gts))
@@ -206,14 +248,14 @@ def test_padding_invariance(name):
     assert torch.allclose(a.iou, b.iou)
 
 
-@pytest.mark.parametrize("name", list(ASSIGNERS))
+@pytest.mark.parametrize("name", ASSIGNERS)
 def test_deterministic(name):
     inputs = make_inputs(random_gts(4, 6, seed=6))
     a, b = run(name, inputs), run(name, inputs)
     assert torch.equal(a.matched_gt, b.matched_gt)
 
 
-@pytest.mark.parametrize("name", list(ASSIGNERS))
+@pytest.mark.parametrize("name", ASSIGNERS)
 def test_one_anchor_wanted_by_two_gts(name):
     # Two identical GTs: every anchor has equal IoU with both; each positive goes to exactly one.
     box = [[20.0, 20.0, 84.0, 84.0]]
@@ -223,7 +265,7 @@ def test_one_anchor_wanted_by_two_gts(name):
     assert set(r.matched_gt[0][pos].tolist()) <= {0, 1}
 
 
-@pytest.mark.parametrize("name", list(ASSIGNERS))
+@pytest.mark.parametrize("name", ASSIGNERS)
 def test_chunked_equals_whole(name, monkeypatch):
     import detector.assigners as A
 
@@ -234,16 +276,28 @@ def test_chunked_equals_whole(name, monkeypatch):
     assert torch.equal(whole.matched_gt, chunked.matched_gt)
 
 
-@pytest.mark.parametrize("name", list(ASSIGNERS))
+@pytest.mark.parametrize("name", ASSIGNERS)
 def test_crowd_regions_ignore_background(name):
     inputs = make_inputs([([[0.0, 0.0, 20.0, 20.0]], [0])])
     inputs.ignore_boxes = torch.tensor([[[60.0, 60.0, 200.0, 200.0]]])
     inputs.ignore_valid = torch.tensor([[True]])
-    r = assign(inputs, AssignConfig(name=name))
+    r = run(name, inputs)
     centers = (inputs.anchors[:, :2] + inputs.anchors[:, 2:]) / 2
     inside = ((centers >= 60) & (centers <= 200)).all(1) & ((inputs.anchors[:, 2:] - inputs.anchors[:, :2]) < 60).all(1)
     assert (r.matched_gt[0][inside] == IGNORE).all()
     assert (r.matched_gt[0] >= 0).any()  # the real GT keeps its positives
+
+
+@pytest.mark.parametrize("name", ASSIGNERS)
+def test_all_anchors_ignored(name):
+    # Two images without GT, each with one crowd region covering every anchor (the largest, on P7, spans
+    # [-448, 576]) and a padding region: every anchor is IGNORE, none positive.
+    inputs = make_inputs([([], []), ([], [])])
+    inputs.ignore_boxes = torch.tensor([[-1000.0, -1000.0, 2000.0, 2000.0], [0.0, 0.0, 1.0, 1.0]]).expand(2, 2, 4)
+    inputs.ignore_valid = torch.tensor([[True, False], [True, False]])
+    r = run(name, inputs)
+    assert r.matched_gt.shape == (2, inputs.anchors.shape[0])
+    assert (r.matched_gt == IGNORE).all()
 
 
 def test_labels_of_result():
@@ -255,10 +309,9 @@ def test_labels_of_result():
 
 
 def test_prediction_dependent_assigners_are_registered_and_refuse_missing_predictions():
-    from detector.assigners import NEEDS_PREDICTIONS
-
-    assert NEEDS_PREDICTIONS <= set(ASSIGNERS)
-    for name in NEEDS_PREDICTIONS:
+    readers = [name for name in ASSIGNERS if METHODS[name].reads_predictions]
+    assert "paa" in readers
+    for name in readers:
         inputs = make_inputs(random_gts(1, 2, seed=9))
         inputs.cls_logits = inputs.pred_boxes = None
         with pytest.raises(ValueError):

@@ -41,7 +41,7 @@ def test_train_then_eval_matches_pycocotools(tmp_path, workspace):
                             "--tracking-uri", uri])
     assert r.exit_code == 0, r.output
     assert "finished" in r.output and "anchorlab ui" in r.output
-    ckpt = next((workspace / "checkpoints").glob("*/last.pt"))
+    ckpt = next((workspace / "checkpoints").glob("*/*/last.pt"))  # checkpoints/<run key>/<run id>/
 
     out = tmp_path / "eval"
     r = runner.invoke(app, ["eval", "-c", str(cfg), "--set", "train.iterations=2", "--checkpoint", str(ckpt),

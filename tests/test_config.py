@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from detector.config import ConfigError, build_config, config_hash, load_config, parse_override
+from detector.config import ConfigError, build_config, load_config, parse_override
+from detector.run_key import run_key
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,10 +70,10 @@ def test_malformed_yaml_is_one_line(tmp_path):
     assert "bad.yaml" in str(e.value) and "\n" not in str(e.value)
 
 
-def test_hash_changes_with_any_field():
+def test_run_key_is_stable_and_changes_with_the_seed():
     a = build_config({})
-    assert config_hash(a) == config_hash(build_config({}))
-    assert config_hash(a) != config_hash(build_config({"train": {"seed": 1}}))
+    assert run_key(a) == run_key(build_config({}))
+    assert run_key(a) != run_key(build_config({"train": {"seed": 1}}))
 
 
 @pytest.mark.parametrize("override", ["assign.paa.score_focal_alpha=1.5", "assign.paa.score_giou_weight=-1",

@@ -33,3 +33,30 @@ def test_detector_never_imports_tracking_or_cli_packages():
     out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert int(out.stdout.split()[-1]) >= 3  # the walk really found modules
+
+
+TRACKING = ROOT / "ablation" / "tracking"
+
+
+def _imports(path: Path) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_only_the_tracking_modules_import_mlflow():
+    sources = [ROOT / "cli.py", *sorted((ROOT / "ablation").rglob("*.py")), *sorted((ROOT / "dashboards").rglob("*.py")),
+               *sorted((ROOT / "detector").rglob("*.py"))]
+    users = sorted(str(p.relative_to(ROOT)) for p in sources if "mlflow" in _imports(p))
+    assert users and all(Path(u).parent == TRACKING.relative_to(ROOT) for u in users), users
+
+
+def test_ablation_never_imports_dashboards():
+    offenders = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "ablation").rglob("*.py") if "dashboards" in _imports(p))
+    assert offenders == []

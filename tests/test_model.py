@@ -104,12 +104,12 @@ def test_postprocess_classwise_nms_threshold_and_max():
     logits[0, 0, 0], logits[0, 1, 0], logits[0, 1, 1], logits[0, 2, 1] = 3.0, 2.0, 1.0, -4.0
     out = _head_output(logits, torch.zeros(1, 3, 4))
     coder = BoxCoder()
-    det = postprocess(out, anchors, [3], torch.tensor([[100, 100]]), coder, InferenceConfig(nms_thresh=0.5))[0]
+    det = postprocess(out, anchors, [3], torch.tensor([[100, 100]]), coder, InferenceConfig(nms_thresh=0.5), "none")[0]
     # anchor 1 class 0 is suppressed by anchor 0 class 0 (IoU 0.82); class 1 on anchor 1 survives (class-wise);
     # anchor 2 class 1 has score sigmoid(-4) = 0.018 < 0.05.
     assert det["labels"].tolist() == [0, 1]
     assert torch.allclose(det["boxes"], anchors[[0, 1]])
-    det = postprocess(out, anchors, [3], torch.tensor([[100, 100]]), coder, InferenceConfig(max_detections=1))[0]
+    det = postprocess(out, anchors, [3], torch.tensor([[100, 100]]), coder, InferenceConfig(max_detections=1), "none")[0]
     assert len(det["scores"]) == 1
 
 
@@ -117,7 +117,8 @@ def test_score_fusion_sqrt_product():
     anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
     out = _head_output(torch.tensor([[[0.0]]]), torch.zeros(1, 1, 4), aux=torch.tensor([[0.0]]))
     for fusion, expected in (("none", 0.5), ("product", 0.25), ("sqrt_product", 0.5)):
-        det = postprocess(out, anchors, [1], torch.tensor([[20, 20]]), BoxCoder(), InferenceConfig(score_fusion=fusion))[0]
+        det = postprocess(out, anchors, [1], torch.tensor([[20, 20]]), BoxCoder(), InferenceConfig(score_fusion=fusion),
+                          "product")[0]  # explicit values win over the method's
         assert abs(det["scores"].item() - expected) < 1e-6
 
 

@@ -9,8 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from detector.assigners import assign
 from detector.assigners.gmm import GMMFit
-from detector.assigners.paa import first_matching, separate, split_candidates
-from detector.config import AssignConfig, PAAConfig
+from detector.assigners.paa import PAAConfig, assign_paa, first_matching, separate, split_candidates
 from tests.conftest import tiny_config
 from tests.test_assigners import make_inputs, random_gts
 
@@ -127,8 +126,7 @@ def test_first_matching_low_quality_restores_own_argmax():
 
 def test_positives_are_first_matched_candidates_and_at_most_topk_per_level():
     inputs = make_inputs(random_gts(4, 5, seed=11))
-    cfg = AssignConfig(name="paa", paa=PAAConfig(topk=3))
-    r = assign(inputs, cfg)
+    r = assign(inputs, assign_paa, PAAConfig(topk=3), ignore_iof=0.5)
     from detector.boxes import batched_box_iou
 
     iou = batched_box_iou(inputs.gt_boxes, inputs.anchors).masked_fill(~inputs.gt_valid[:, :, None], -1)
@@ -146,14 +144,36 @@ def test_positives_are_first_matched_candidates_and_at_most_topk_per_level():
 
 def test_official_and_mmdet_edge_cases_differ_only_where_documented():
     inputs = make_inputs(random_gts(6, 6, seed=12))
-    off = assign(inputs, AssignConfig(name="paa", paa=PAAConfig(edge_cases="official")))
-    mm = assign(inputs, AssignConfig(name="paa", paa=PAAConfig(edge_cases="mmdet")))
+    off = assign(inputs, assign_paa, PAAConfig(edge_cases="official"), ignore_iof=0.5)
+    mm = assign(inputs, assign_paa, PAAConfig(edge_cases="mmdet"), ignore_iof=0.5)
     assert int(mm.positive.sum()) <= int(off.positive.sum())  # mmdet never adds positives
     assert (mm.positive & ~off.positive).sum() == 0
 
 
+def test_chunked_assignment_keeps_the_gmm_details(monkeypatch):
+    # Assigned in chunks of one image, the PAA details (rows of every image, their GMM fits) are joined with
+    # batch image indices: the summary and the records equal those of one whole-batch assignment.
+    import detector.assigners as A
+    from detector.methods import METHODS
+
+    inputs = make_inputs(random_gts(5, 6, seed=7))
+    paa = METHODS["paa"]
+    whole = assign(inputs, assign_paa, PAAConfig(), ignore_iof=0.5)
+    monkeypatch.setattr(A, "MAX_BATCH_ELEMENTS", 1)
+    chunked = assign(inputs, assign_paa, PAAConfig(), ignore_iof=0.5)
+    assert torch.equal(whole.details.image, chunked.details.image) and whole.details.image.max() == 4
+    summary = paa.summary(whole)
+    assert summary and paa.summary(chunked) == pytest.approx(summary)
+    records, chunked_records = paa.records(whole, 4, seed=1), paa.records(chunked, 4, seed=1)
+    assert [(r["image"], r["gt"], r["n_positives"]) for r in records["gmm_fits"]] == \
+        [(r["image"], r["gt"], r["n_positives"]) for r in chunked_records["gmm_fits"]]
+    for r, c in zip(records["gmm_fits"], chunked_records["gmm_fits"]):
+        assert c["scores"] == pytest.approx(r["scores"]) and c["means"] == pytest.approx(r["means"])
+
+
 def test_tiny_paa_run_tracks_positives_and_gmm_figures(tmp_path, workspace):
-    from ablation.train_run import train_tracked
+    from ablation.execution.run import RunSpec, execute
+    from dashboards.run_figures import draw_run_figures
 
     cfg = tiny_config(
         assign={"name": "paa"}, model={"head": {"aux": "iou"}},
@@ -161,14 +181,19 @@ def test_tiny_paa_run_tracks_positives_and_gmm_figures(tmp_path, workspace):
         inference={"score_fusion": "sqrt_product", "voting": {"enabled": True}},
         train={"iterations": 4, "record_every": 2, "record_gts": 3},
     )
-    out = train_tracked(cfg, workspace, f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="paa")
-    assert out.result.status == "FINISHED", out.result.reason
-    client = MlflowClient(out.tracking_uri)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = execute(RunSpec(cfg, "paa", "paa"), workspace, uri)
+    assert out.status == "FINISHED", out.reason
+    client = MlflowClient(uri)
     run = client.get_run(out.run_id)
     for key in ("assign/pos_per_gt_mean", "assign/pos_per_gt_median", "paa/gmm_fg_mean", "paa/gmm_bg_std",
                 "time/assign_s", "val/AP", "val/iou_pred_error"):
         assert key in run.data.metrics, key
     assert len(client.get_metric_history(out.run_id, "assign/pos_per_gt_mean")) == 4
+    assert {a.path for a in client.list_artifacts(out.run_id, "gmm_fits")} == {
+        "gmm_fits/gmm_fits_0000001.json", "gmm_fits/gmm_fits_0000002.json", "gmm_fits/gmm_fits_0000004.json"}
+    drawn = draw_run_figures(uri, out.run_id, tmp_path / "figures")  # figures come after training, from the JSON
+    assert (tmp_path / "figures" / "gmm_fits" / "gmm_fits_0000002.png") in drawn
     gmm = {a.path for a in client.list_artifacts(out.run_id, "gmm_fits")}
     hist = {a.path for a in client.list_artifacts(out.run_id, "positives_per_gt")}
     assert "gmm_fits/gmm_fits_0000002.png" in gmm and "gmm_fits/gmm_fits_0000002.json" in gmm
@@ -179,13 +204,14 @@ def test_tiny_paa_run_tracks_positives_and_gmm_figures(tmp_path, workspace):
 def test_fsr_without_any_positive_is_a_failed_run_not_a_crash(tmp_path, workspace):
     # Table 1: FSR 0.3 "training failed" (no score in range early on). exp(-score) > 0.99 needs a score
     # below 0.01, which no anchor has at initialisation: no positive, so the run must end FAILED.
-    from ablation.train_run import train_tracked
+    from ablation.execution.run import RunSpec, execute
 
     cfg = tiny_config(assign={"name": "paa", "paa": {"fsr": 0.99}},
                       train={"iterations": 6, "fail_without_positives": 3, "record_every": 0})
-    out = train_tracked(cfg, workspace, f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="fsr")
-    assert out.result.status == "FAILED"
-    assert out.result.reason.startswith("no positive anchors for 3 iterations in a row (iterations 1-3)")
-    run = MlflowClient(out.tracking_uri).get_run(out.run_id)
-    assert run.info.status == "FAILED" and run.data.tags["failure_reason"] == out.result.reason
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = execute(RunSpec(cfg, "fsr", "fsr"), workspace, uri)
+    assert out.status == "FAILED"
+    assert out.reason.startswith("no positive anchors for 3 iterations in a row (iterations 1-3)")
+    run = MlflowClient(uri).get_run(out.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["failure_reason"] == out.reason
     assert "val/AP" not in run.data.metrics

@@ -8,7 +8,7 @@ from torchvision.ops import sigmoid_focal_loss
 from detector.assigners.base import BG, IGNORE, AssignInputs
 from detector.assigners.pairs import level_grids, overlapping_pairs
 from detector.assigners.paa import assign_paa, candidate_rows, first_matching, split_candidates
-from detector.assigners.paa_score import anchor_scores, focal_over_classes
+from detector.assigners.paa_score import AnchorScorer, anchor_scores
 from detector.boxes import batched_box_iou
 from detector.config import AnchorConfig, PAAConfig
 from detector.model.anchors import anchors_per_location, grid_anchors
@@ -90,6 +90,7 @@ def test_sparse_first_matching_equals_the_dense_rule(seed, low_quality):
 
 @pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (0.5, 1.5), (0.0, 0.0)])
 def test_focal_over_classes_equals_torchvision(alpha, gamma):
+    # The score's focal part (AnchorScorer with GIoU weight 0): torchvision's focal loss summed over classes.
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(300, 11, generator=g) * 6
     logits[0, :] = torch.tensor([-60, 60, -30, 30, 0, 15, -15, 88, -88, 5, -5.0])  # extremes: no inf/NaN
@@ -98,7 +99,12 @@ def test_focal_over_classes_equals_torchvision(alpha, gamma):
     rows[0], labels[0] = 0, 8
     target = torch.nn.functional.one_hot(labels, 11).float()
     expected = sigmoid_focal_loss(logits[rows], target, alpha, gamma, reduction="none").sum(1)
-    got = focal_over_classes(logits, rows, labels, alpha, gamma)
+    box = torch.tensor([0.0, 0.0, 10.0, 10.0])
+    inputs = AssignInputs(anchors=box.expand(300, 4), num_per_level=[300], strides=[8],
+                          gt_boxes=box.expand(1, 5000, 4), gt_labels=labels[None], gt_valid=torch.ones(1, 5000, dtype=torch.bool),
+                          cls_logits=logits[None], pred_boxes=box.expand(1, 300, 4))
+    cfg = PAAConfig(score_focal_alpha=alpha, score_focal_gamma=gamma, score_giou_weight=0.0)
+    got = AnchorScorer(inputs, rows, torch.arange(5000), cfg).scores(torch.arange(5000))
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -163,7 +169,6 @@ def test_sparse_assignment_equals_the_dense_definition(seed, cfg):
 @pytest.mark.parametrize("logit_scale", [0.5, 4.0])  # tight and loose lower bounds
 def test_needed_scores_keep_every_groups_topk_lowest_and_their_exact_scores(topk, logit_scale):
     from detector.assigners.paa_candidates import level_groups, needed_scores
-    from detector.assigners.paa_score import AnchorScorer
 
     inputs = batch(5, images=4, m=7)
     inputs.cls_logits = inputs.cls_logits * logit_scale

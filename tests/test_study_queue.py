@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from ablation.queue import HOST, WORKER, QueueError, WorkQueue
+from ablation.execution.queue import WORKER, QueueError, WorkQueue
+from ablation.processes import HOST
 
 
 def _items(keys):

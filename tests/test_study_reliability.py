@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from ablation.queue import WorkQueue, default_storage
-from ablation.runner import RunnerSettings, plan
-from ablation.study import expand, load_study
-from ablation.tables import count_runs, fetch_records
+from ablation.execution.launcher import RunnerSettings, plan
+from ablation.execution.queue import WorkQueue, default_storage
+from ablation.study.expand import expand, load_study
+from ablation.tracking.reader import runs_frame, study_runs
 from tests.test_study import empty_store, with_store, write_study  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,15 +60,20 @@ def _wait_for(predicate, what: str, timeout: float = TIMEOUT_S):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def count_runs(uri: str, experiment: str) -> dict[str, int]:
+    """run key -> number of study-row runs (a check that no run was made twice)."""
+    return runs_frame(uri, experiment, "tags.role = 'row'")["tags.run_key"].value_counts().to_dict()
+
+
 def _records(ws: Path, study) -> dict:
     try:
-        return fetch_records(f"sqlite:///{ws / 'mlflow.db'}", study.name)
+        return study_runs(f"sqlite:///{ws / 'mlflow.db'}", study.name)
     except Exception:  # the store is being written: read again
         return {}
 
 
 def _mid_run(ws, study, spec, min_iteration=20):
-    rec = _records(ws, study).get(spec.config_hash)
+    rec = _records(ws, study).get(spec.key)
     ok = rec is not None and rec.status == "RUNNING" and int(rec.tags.get("checkpoint_iteration", 0)) >= min_iteration
     return rec if ok else None
 
@@ -101,29 +106,29 @@ def test_kills_at_any_moment_then_the_same_command_finishes(setup):
     proc.wait()
     # 2. SIGKILL of the launcher alone mid-run: its workers get SIGTERM, end their run KILLED and release it.
     proc = _start(ws, study.path)
-    _wait_for(lambda: _records(ws, study).get(a.config_hash, None) and _mid_run(ws, study, b), "row 2 mid-run")
+    _wait_for(lambda: _records(ws, study).get(a.key, None) and _mid_run(ws, study, b), "row 2 mid-run")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    _wait_for(lambda: _records(ws, study)[b.config_hash].status == "KILLED", "the orphaned worker to stop", 60)
+    _wait_for(lambda: _records(ws, study)[b.key].status == "KILLED", "the orphaned worker to stop", 60)
     first = _records(ws, study)
-    assert first[a.config_hash].status == "FINISHED"
+    assert first[a.key].status == "FINISHED"
     # 3. SIGKILL of everything mid-run of the resumed row: its MLflow run and queue trial stay RUNNING.
     proc = _start(ws, study.path)
-    resumed = _wait_for(lambda: (r := _mid_run(ws, study, b, int(first[b.config_hash].tags["checkpoint_iteration"])
+    resumed = _wait_for(lambda: (r := _mid_run(ws, study, b, int(first[b.key].tags["checkpoint_iteration"])
                                             + 10)) and int(r.tags.get("start_iteration", 0)) > 0 and r, "resume")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert _records(ws, study)[b.config_hash].status == "RUNNING"
+    assert _records(ws, study)[b.key].status == "RUNNING"
     # 4. The same command: finished runs kept, the interrupted one resumed, the rest run.
     out = _finish(_start(ws, study.path))
     final = _records(ws, study)
-    assert count_runs(f"sqlite:///{ws / 'mlflow.db'}", study.name) == {s.config_hash: 1 for s in (a, b, c)}
-    assert {k: r.status for k, r in final.items()} == {s.config_hash: "FINISHED" for s in (a, b, c)}
-    assert final[a.config_hash].end_time == first[a.config_hash].end_time  # not run again
-    assert final[b.config_hash].run_id == first[b.config_hash].run_id  # the same MLflow run, re-opened twice
-    assert int(final[b.config_hash].tags["start_iteration"]) >= int(resumed.tags["checkpoint_iteration"]) > 0
-    assert max(_loss_steps(ws, final[b.config_hash].run_id)) == ITERS
-    assert _loss_steps(ws, final[a.config_hash].run_id) == list(range(1, ITERS + 1))
+    assert count_runs(f"sqlite:///{ws / 'mlflow.db'}", study.name) == {s.key: 1 for s in (a, b, c)}
+    assert {k: r.status for k, r in final.items()} == {s.key: "FINISHED" for s in (a, b, c)}
+    assert final[a.key].end_time == first[a.key].end_time  # not run again
+    assert final[b.key].run_id == first[b.key].run_id  # the same MLflow run, re-opened twice
+    assert int(final[b.key].tags["start_iteration"]) >= int(resumed.tags["checkpoint_iteration"]) > 0
+    assert max(_loss_steps(ws, final[b.key].run_id)) == ITERS
+    assert _loss_steps(ws, final[a.key].run_id) == list(range(1, ITERS + 1))
     assert "| Max IoU |" in out and "| ATSS (K=5) |" in out and "pending" not in out
 
 
@@ -133,14 +138,14 @@ def test_a_killed_worker_is_replaced_within_the_same_command(setup):
     proc = _start(ws, study.path, "--workers", "2")
     _wait_for(lambda: _mid_run(ws, study, a) and _mid_run(ws, study, b), "both rows mid-run")
     queue = WorkQueue(default_storage(ws, study.name, "smoke"), f"{study.name}.smoke", create=False)
-    victim = next(t for t in queue.running() if t.user_attrs["item"]["key"] == b.config_hash)
-    killed_at = int(_records(ws, study)[b.config_hash].tags["checkpoint_iteration"])
+    victim = next(t for t in queue.running() if t.user_attrs["item"]["key"] == b.key)
+    killed_at = int(_records(ws, study)[b.key].tags["checkpoint_iteration"])
     os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)
     out = _finish(proc)
     final = _records(ws, study)
     assert "worker" in out and "died" in out
-    assert final[b.config_hash].status == "FINISHED" and int(final[b.config_hash].tags["start_iteration"]) >= killed_at
-    assert count_runs(f"sqlite:///{ws / 'mlflow.db'}", study.name) == {a.config_hash: 1, b.config_hash: 1}
+    assert final[b.key].status == "FINISHED" and int(final[b.key].tags["start_iteration"]) >= killed_at
+    assert count_runs(f"sqlite:///{ws / 'mlflow.db'}", study.name) == {a.key: 1, b.key: 1}
 
 
 def test_two_launchers_at_once_run_every_row_exactly_once(setup):
@@ -149,13 +154,13 @@ def test_two_launchers_at_once_run_every_row_exactly_once(setup):
     procs = [_start(ws, study.path), _start(ws, study.path)]
     outs = [_finish(p) for p in procs]
     uri = f"sqlite:///{ws / 'mlflow.db'}"
-    assert count_runs(uri, study.name) == {s.config_hash: 1 for s in specs}
+    assert count_runs(uri, study.name) == {s.key: 1 for s in specs}
     final = _records(ws, study)
     for spec in specs[:3]:
-        rec = final[spec.config_hash]
+        rec = final[spec.key]
         assert rec.status == "FINISHED" and rec.tags["start_iteration"] == "0"
         assert _loss_steps(ws, rec.run_id) == list(range(1, ITERS + 1))  # trained once, never restarted
-    failed = final[specs[3].config_hash]
+    failed = final[specs[3].key]
     assert failed.status == "FAILED" and failed.reason.startswith("diverged at iteration ")
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(study.name)

@@ -11,11 +11,12 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from ablation.tracking import (
-    MlflowHooks, artifact_root, ensure_experiment, git_info, resolve_tracking_uri, tracked_run, ui_command,
-    ui_url, workspace_dir,
+from ablation.tracking.store import (
+    artifact_root, ensure_experiment, git_info, resolve_tracking_uri, ui_command, ui_url, workspace_dir,
 )
-from detector.config import Config, build_config, config_hash, config_to_dict, flatten
+from ablation.tracking.writer import MlflowHooks, tracked_run
+from detector.config import Config, build_config, config_to_dict, flatten
+from detector.run_key import run_key
 
 EXPERIMENT = "tests"
 # MLflow 3.17's own SQLAlchemy models trigger this on first use; nothing of ours to fix.
@@ -67,7 +68,7 @@ def test_tracked_run_logs_resolved_config(store, tmp_path):
     assert params["data.synth.train"] == "2000"
 
     tags = run.data.tags
-    assert tags["config_hash"] == config_hash(cfg)
+    assert tags["run_key"] == run_key(cfg)
     assert tags["git_sha"] and tags["git_dirty"] in ("true", "false", "unknown")
     assert tags["mlflow.runName"] == "r1" and tags["study"] == "s1"
     assert "mlflow.parentRunId" not in tags
@@ -123,7 +124,7 @@ def test_resume_reopens_the_run_and_checks_the_config(store):
     assert history(client, run_id, "loss") == [(10, 2.0), (20, 1.0)]
     other = small_config("resumable")
     other.train.base_lr = 0.5
-    with pytest.raises(ValueError, match="config_hash"):
+    with pytest.raises(ValueError, match="run key"):
         with tracked_run(other, uri, EXPERIMENT, ws, run_id=run_id):
             pass
 
@@ -191,8 +192,8 @@ def test_hooks_eval_checkpoint_artifact(store, tmp_path):
     assert client.get_run(run_id).data.tags["checkpoint"] == str(tmp_path / "b.pt")
     figure = tmp_path / "fig.png"
     figure.write_bytes(b"png")
-    hooks.on_artifact(figure, "figures")
-    hooks.on_artifact(figure)
+    hooks.log_artifact(figure, "figures")
+    hooks.log_artifact(figure)
     assert {f.path for f in client.list_artifacts(run_id)} == {"eval", "figures", "fig.png"}
 
 
@@ -279,7 +280,7 @@ def test_ui_command_and_url(tmp_path, monkeypatch):
 
 def test_ensure_experiment_creates_the_store_atomically(tmp_path):
     """A fresh SQLite store appears complete (via a private file and a hard link), with no leftovers."""
-    from ablation.tracking import ensure_experiment, store_exists
+    from ablation.tracking.store import ensure_experiment, store_exists
 
     uri = f"sqlite:///{tmp_path / 'sub' / 'mlflow.db'}"
     assert not store_exists(uri)

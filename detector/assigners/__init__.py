@@ -1,28 +1,18 @@
 """Label assigners: which anchors are positives, negatives or ignored for which GT.
 
-`ASSIGNERS` maps the config name (`assign.name`) to the assigner function and the name of its
-config section in `AssignConfig`. `assign()` is the one entry point the training step calls.
+Each assigner is one module (its config dataclass beside its function); `detector.methods.METHODS`
+says which method uses which. `assign()` is the one entry point: it runs a given assign function
+with that method's config over a batch, in chunks of images when the batch is large, and marks
+crowd-covered background anchors IGNORE.
 """
 from __future__ import annotations
 
 from dataclasses import fields, replace
+from typing import Any
 
 import torch
 
-from detector.assigners.atss import assign_atss
-from detector.assigners.base import BG, IGNORE, AssignInputs, AssignResult, apply_ignore_regions
-from detector.assigners.max_iou import assign_max_iou
-from detector.assigners.paa import assign_paa
-
-ASSIGNERS = {
-    "max_iou": (assign_max_iou, "max_iou"),
-    "atss": (assign_atss, "atss"),
-    "paa": (assign_paa, "paa"),
-}
-
-# Assigners that read the detached predictions (AssignInputs.cls_logits / pred_boxes); the training
-# step decodes every anchor's box only for these.
-NEEDS_PREDICTIONS = {"paa"}
+from detector.assigners.base import BG, IGNORE, AssignFn, AssignInputs, AssignResult, apply_ignore_regions
 
 # Above this many (image, GT, anchor) entries the batch is assigned in chunks of images: the
 # (B, M, A) IoU matrix of a 9-anchor RetinaNet at 800 px would otherwise take gigabytes.
@@ -38,30 +28,30 @@ def _slice_images(inputs: AssignInputs, lo: int, hi: int) -> AssignInputs:
     return replace(inputs, **sliced)
 
 
-def _concat(results: list[AssignResult]) -> AssignResult:
+def _concat(results: list[AssignResult], starts: list[int]) -> AssignResult:
+    """Results of consecutive chunks of images (chunk i starts at image `starts[i]`) as one."""
     if len(results) == 1:
         return results[0]
-    extras: dict = {}
-    for r in results:
-        for key, value in r.extras.items():
-            extras.setdefault(key, []).append(value)
+    parts = [(r.details, lo) for r, lo in zip(results, starts) if r.details is not None]
+    details = type(parts[0][0]).cat([d for d, _ in parts], [lo for _, lo in parts]) if parts else None
     return AssignResult(
         matched_gt=torch.cat([r.matched_gt for r in results]),
         iou=torch.cat([r.iou for r in results]),
         weight=torch.cat([r.weight for r in results]),
-        extras=extras,
+        details=details,
     )
 
 
 @torch.no_grad()
-def assign(inputs: AssignInputs, cfg) -> AssignResult:
-    """Run the assigner named by `cfg.name` (an `AssignConfig`) and mark crowd-covered anchors IGNORE."""
-    fn, section = ASSIGNERS[cfg.name]
+def assign(inputs: AssignInputs, fn: AssignFn, cfg: Any, ignore_iof: float) -> AssignResult:
+    """Run assign function `fn` with its method's config `cfg` (None for a method without one) over the
+    batch, then mark background anchors covered more than `ignore_iof` by a crowd region IGNORE."""
     b, m = inputs.gt_labels.shape
     per_image = max(1, m * inputs.anchors.shape[0])
     step = max(1, MAX_BATCH_ELEMENTS // per_image)
-    results = [fn(_slice_images(inputs, lo, min(b, lo + step)), getattr(cfg, section)) for lo in range(0, b, step)]
-    return apply_ignore_regions(_concat(results), inputs, cfg.ignore_iof)
+    starts = list(range(0, b, step))
+    results = [fn(_slice_images(inputs, lo, min(b, lo + step)), cfg) for lo in starts]
+    return apply_ignore_regions(_concat(results, starts), inputs, ignore_iof)
 
 
-__all__ = ["ASSIGNERS", "NEEDS_PREDICTIONS", "BG", "IGNORE", "AssignInputs", "AssignResult", "assign"]
+__all__ = ["BG", "IGNORE", "AssignFn", "AssignInputs", "AssignResult", "MAX_BATCH_ELEMENTS", "assign"]

@@ -10,15 +10,35 @@ No forced positives: a GT may end with none (e.g. a tiny box no candidate centre
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from detector.assigners.base import BG, AssignInputs, AssignResult, empty_result
-from detector.boxes import batched_box_iou, box_centers
-from detector.config import ATSSConfig
+from detector.boxes import batched_box_iou, box_centers, point_box_distances
+
+
+@dataclass
+class ATSSConfig:
+    """ATSS's one hyperparameter k (9 in the paper) and the centre test's margin."""
+
+    topk: int = 9
+    center_eps: float = 0.01  # anchor centre must lie more than this many pixels inside the GT
 
 
 @torch.no_grad()
 def assign_atss(inputs: AssignInputs, cfg: ATSSConfig) -> AssignResult:
+    """ATSS labels of every anchor for a batch (Zhang et al., CVPR 2020, Alg. 1; steps in the module doc).
+
+    Args:
+        inputs: anchors (A, 4) float xyxy pixels, level-major with `num_per_level` anchors per level and
+            `anchors_per_location` shapes per location; gt_boxes (B, M, 4) float xyxy in the same frame;
+            gt_labels (B, M) long; gt_valid (B, M) bool (padding rows False). Predictions are not read.
+        cfg: topk (candidates per level = topk x anchors_per_location) and the centre margin in pixels.
+    Returns:
+        AssignResult: matched_gt (B, A) long, a GT index in [0, M) or BG (ATSS ignores no anchor);
+        iou (B, A) float, the IoU with the matched GT (0 elsewhere); weight (B, A) float, all 1.
+    """
     b, m = inputs.gt_labels.shape
     a = inputs.anchors.shape[0]
     device = inputs.anchors.device
@@ -41,12 +61,7 @@ def assign_atss(inputs: AssignInputs, cfg: ATSSConfig) -> AssignResult:
     thresh = cand_iou.mean(dim=2, keepdim=True) + cand_iou.std(dim=2, keepdim=True)  # NaN for K = 1: no positive
     is_pos = cand_iou >= thresh
 
-    ctr = anchor_ctr[cand]  # (B, M, K, 2)
-    boxes = inputs.gt_boxes[:, :, None, :]
-    ltrb = torch.stack(
-        [ctr[..., 0] - boxes[..., 0], ctr[..., 1] - boxes[..., 1], boxes[..., 2] - ctr[..., 0], boxes[..., 3] - ctr[..., 1]],
-        dim=-1,
-    )
+    ltrb = point_box_distances(anchor_ctr[cand], inputs.gt_boxes[:, :, None, :])  # (B, M, K, 4)
     is_pos &= ltrb.amin(dim=-1) > cfg.center_eps
     is_pos &= inputs.gt_valid[:, :, None]
 

@@ -1,13 +1,14 @@
 """The assignment contract shared by every assigner.
 
-An assigner is a pure `@torch.no_grad()` function `(AssignInputs, its config) -> AssignResult`,
-batched over the images of a batch with padded GTs and an explicit valid mask.
+An assigner is a pure `@torch.no_grad()` function `(AssignInputs, its config) -> AssignResult`
+(`AssignFn`), batched over the images of a batch with padded GTs and an explicit valid mask.
 
 Dimensions: B images, M padded GTs per image, A anchors (all levels, level-major), C classes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import Tensor
@@ -33,9 +34,14 @@ class AssignInputs:
     cls_logits: Tensor | None = None  # (B, A, C)
     pred_boxes: Tensor | None = None  # (B, A, 4) decoded xyxy
 
-    @property
-    def batch_size(self) -> int:
-        return self.gt_boxes.shape[0]
+
+class Details(Protocol):
+    """Method-specific rows an assigner keeps for diagnostics (e.g. `paa_details.PAADetails`)."""
+
+    @classmethod
+    def cat(cls, parts: list[Details], image_offsets: list[int]) -> Details:
+        """The details of consecutive chunks of images as one; chunk i starts at image `image_offsets[i]`."""
+        ...
 
 
 @dataclass
@@ -43,7 +49,7 @@ class AssignResult:
     matched_gt: Tensor  # (B, A) long: GT index in [0, M), or BG / IGNORE
     iou: Tensor  # (B, A) float: IoU of the anchor with its matched GT (0 where none)
     weight: Tensor  # (B, A) float: per-positive loss weight (1 by default)
-    extras: dict = field(default_factory=dict)  # method-specific records (e.g. PAA's GMM fits)
+    details: Details | None = None  # method-specific diagnostics (PAA: candidates and GMM fits), read by `Method.summary`
 
     @property
     def positive(self) -> Tensor:
@@ -54,6 +60,9 @@ class AssignResult:
         idx = self.matched_gt.clamp(min=0)
         cls = torch.gather(gt_labels, 1, idx) if gt_labels.shape[1] else torch.zeros_like(idx)
         return torch.where(self.positive, cls, self.matched_gt)
+
+
+AssignFn = Callable[[AssignInputs, Any], AssignResult]  # (inputs, the method's config or None) -> result
 
 
 def empty_result(batch: int, num_anchors: int, device) -> AssignResult:

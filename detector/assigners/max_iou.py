@@ -9,15 +9,36 @@ Same labels as torchvision's `Matcher(pos, neg, allow_low_quality_matches=True)`
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from detector.assigners.base import BG, IGNORE, AssignInputs, AssignResult, empty_result
 from detector.boxes import batched_box_iou
-from detector.config import MaxIoUConfig
+
+
+@dataclass
+class MaxIoUConfig:
+    """RetinaNet's thresholds (Lin et al., 2017, Sec. 4)."""
+
+    pos_iou: float = 0.5
+    neg_iou: float = 0.4
+    low_quality: bool = True
 
 
 @torch.no_grad()
 def assign_max_iou(inputs: AssignInputs, cfg: MaxIoUConfig) -> AssignResult:
+    """Max-IoU labels of every anchor for a batch (RetinaNet, Lin et al. 2017, Sec. 4; steps in the module doc).
+
+    Args:
+        inputs: anchors (A, 4) float xyxy pixels; gt_boxes (B, M, 4) float xyxy in the same frame;
+            gt_labels (B, M) long; gt_valid (B, M) bool (padding rows False). Predictions are not read.
+        cfg: pos_iou / neg_iou thresholds and the low-quality rule.
+    Returns:
+        AssignResult: matched_gt (B, A) long, a GT index in [0, M) or BG / IGNORE; iou (B, A) float, the
+        IoU with the matched GT (0 elsewhere); weight (B, A) float, all 1. An image without a valid GT is
+        all BG, as is every image when M = 0 or A = 0.
+    """
     b, m = inputs.gt_labels.shape
     a = inputs.anchors.shape[0]
     if m == 0 or a == 0:

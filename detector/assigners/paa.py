@@ -38,9 +38,10 @@ from torch import Tensor
 from detector.assigners.base import BG, IGNORE, AssignInputs, AssignResult, empty_result
 from detector.assigners.gmm import GMMFit, fit_gmm  # public here too: detector.assigners.paa.fit_gmm
 from detector.assigners.paa_candidates import INF, level_groups, candidate_rows, needed_scores
+from detector.assigners.paa_config import PAAConfig  # public here too: the config beside its assigner
+from detector.assigners.paa_details import PAADetails
 from detector.assigners.paa_score import AnchorScorer
 from detector.assigners.pairs import Pairs, overlapping_pairs
-from detector.config import PAAConfig
 
 
 def first_matching(pairs: Pairs, batch: int, num_gts: int, num_anchors: int, cfg: PAAConfig) -> tuple[Tensor, Tensor]:
@@ -147,9 +148,9 @@ def assign_paa(inputs: AssignInputs, cfg: PAAConfig) -> AssignResult:
     Only overlapping (image, GT, anchor) pairs are visited (`pairs.overlapping_pairs`), and only the
     first-matched anchors a score bound cannot rule out are scored (`paa_candidates.needed_scores`), so no
     (B, M, A) tensor is built; labels equal the dense definition's.
-    `result.extras["paa"]` holds one row per (image, GT) with candidates, for diagnostics: the image and
-    GT indices and label, sorted candidate scores (R, N), their validity and positive flags, and the
-    `GMMFit` of those rows (None under `fnp` / `fsr`).
+    `result.details` (a `PAADetails`) holds one row per (image, GT) with candidates, for diagnostics: the
+    image and GT indices and label, sorted candidate scores (R, N), their validity and positive flags, and
+    the `GMMFit` of those rows (None under `fnp` / `fsr`).
     """
     if inputs.cls_logits is None or inputs.pred_boxes is None:
         raise ValueError("PAA needs detached predictions (cls_logits, pred_boxes) in AssignInputs")
@@ -171,17 +172,15 @@ def assign_paa(inputs: AssignInputs, cfg: PAAConfig) -> AssignResult:
     labels.index_fill_(0, key[ignore], IGNORE)
     labels.index_copy_(0, key[pos], gt_of_row[:, None].expand_as(key)[pos])
     matched_gt = labels.view(b, a)
-    result = AssignResult(
+    return AssignResult(
         matched_gt=matched_gt,
         # a candidate is matched to its best-IoU GT, so its IoU with that GT is its best IoU
         iou=torch.where(matched_gt >= 0, best_iou, torch.zeros_like(best_iou)),
         weight=torch.ones(b, a, device=device),
+        details=PAADetails(image=img_of_row, gt=gt_of_row, gt_labels=inputs.gt_labels[img_of_row, gt_of_row],
+                           scores=s, valid=v, positive=pos, fit=fit),
     )
-    result.extras["paa"] = {
-        "image": img_of_row, "gt": gt_of_row, "gt_labels": inputs.gt_labels[img_of_row, gt_of_row],
-        "scores": s, "valid": v, "positive": pos, "fit": fit,
-    }
-    return result
 
 
-__all__ = ["assign_paa", "fit_gmm", "GMMFit", "first_matching", "first_matched_anchors", "candidate_rows", "separate", "split_candidates"]
+__all__ = ["assign_paa", "PAAConfig", "PAADetails", "fit_gmm", "GMMFit", "first_matching", "first_matched_anchors",
+           "candidate_rows", "separate", "split_candidates"]

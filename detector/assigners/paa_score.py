@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from detector.assigners.base import AssignInputs
+from detector.assigners.paa_config import PAAConfig
 from detector.boxes import aligned_giou
-from detector.config import PAAConfig
 
 SCORE_CHUNK = 2048  # anchors scored at once; a speed knob only, results do not depend on it
 
@@ -70,16 +70,6 @@ class AnchorScorer:
         """(len(idx),) exact scores of the pairs `idx` (indices into P)."""
         neg = _neg_sum(self.logits, self.rows.index_select(0, idx), self.gamma).sub_(self.neg_y.index_select(0, idx))
         return neg.mul_(1.0 - self.alpha).add_(self.pos_y.index_select(0, idx)).add_(self.giou_term.index_select(0, idx))
-
-
-def focal_over_classes(logits: Tensor, rows: Tensor, labels: Tensor, alpha: float, gamma: float) -> Tensor:
-    """Sigmoid focal loss summed over all classes, one-hot target at `labels`: (P,) for logits[rows] (N, C).
-
-    The formula of `AnchorScorer`; equals torchvision's `sigmoid_focal_loss(...).sum(1)` to float rounding.
-    """
-    neg_y, pos_y = _target_terms(logits.reshape(-1).index_select(0, rows * logits.shape[1] + labels).float(),
-                                 alpha, gamma)
-    return _neg_sum(logits, rows, gamma).sub_(neg_y).mul_(1.0 - alpha).add_(pos_y)
 
 
 def anchor_scores(inputs: AssignInputs, anchor_flat: Tensor, gt_flat: Tensor, cfg: PAAConfig) -> Tensor:

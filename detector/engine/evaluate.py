@@ -8,10 +8,10 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from detector.box_coder import BoxCoder
 from detector.config import Config
 from detector.data.sampler import build_eval_loader
 from detector.evaluation.coco_eval import evaluate_detections, write_json
+from detector.methods import METHODS, build_box_coder
 from detector.postprocess import postprocess
 
 
@@ -41,13 +41,14 @@ def predict(model, dataset, cfg: Config, device, progress: Callable[[int, int], 
     """COCO-format detections of `model` on every image of `dataset`, and (aux prediction, true IoU) pairs
     of those detections (for PAA's Table 2 right; empty without an aux branch)."""
     model.eval()
-    coder = BoxCoder(cfg.model.box_coder.weights, cfg.model.box_coder.clamp)
+    coder = build_box_coder(cfg)
+    method_fusion = METHODS[cfg.assign.name].score_fusion
     loader = build_eval_loader(dataset, cfg.train.batch_size, cfg.data.num_workers)
     results, aux_pairs, done = [], [], 0
     for batch in loader:
         batch = batch.to(device)
         out, anchors, counts = model(batch.images)
-        dets = postprocess(out, anchors, counts, batch.image_sizes, coder, cfg.inference)
+        dets = postprocess(out, anchors, counts, batch.image_sizes, coder, cfg.inference, method_fusion)
         for i, det in enumerate(dets):
             if "aux" in det and len(det["boxes"]):
                 true = true_ious(det, batch.gt_boxes[i], batch.gt_labels[i], batch.gt_valid[i])
@@ -59,16 +60,9 @@ def predict(model, dataset, cfg: Config, device, progress: Callable[[int, int], 
     return results, (torch.cat(aux_pairs) if aux_pairs else torch.zeros(0, 2))
 
 
-def evaluate_model(model, dataset, cfg: Config, device, out_dir: Path, progress=None) -> tuple[dict, dict]:
-    """Predict, write `detections.json` and `metrics.json` into out_dir; returns (metrics, files).
-
-    metrics: the 12 COCO stats; when the aux branch predicts IoU also the mean |predicted - true IoU|
-    over all kept detections ("iou_pred_error") and over those with true IoU >= 0.5 ("iou_pred_error_tp").
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results, aux_pairs = predict(model, dataset, cfg, device, progress)
-    det_path = write_json(out_dir / "detections.json", results)
+def _metrics(results: list[dict], aux_pairs: Tensor, dataset, cfg: Config) -> dict[str, float]:
+    """The 12 COCO stats; with an IoU-predicting aux branch also the mean |predicted - true IoU| over all
+    kept detections ("iou_pred_error") and over those with true IoU >= 0.5 ("iou_pred_error_tp")."""
     metrics = evaluate_detections(dataset.ann_file, results, image_ids=list(dataset.image_ids))
     if len(aux_pairs) and cfg.model.head.aux == "iou":
         err = (aux_pairs[:, 0] - aux_pairs[:, 1]).abs()
@@ -76,5 +70,21 @@ def evaluate_model(model, dataset, cfg: Config, device, out_dir: Path, progress=
         metrics["iou_pred_error"] = err.mean().item()
         if tp.any():
             metrics["iou_pred_error_tp"] = err[tp].mean().item()
+    return metrics
+
+
+def evaluate_metrics(model, dataset, cfg: Config, device, progress=None) -> dict[str, float]:
+    """Predict and evaluate without writing files (evaluations during training)."""
+    results, aux_pairs = predict(model, dataset, cfg, device, progress)
+    return _metrics(results, aux_pairs, dataset, cfg)
+
+
+def evaluate_model(model, dataset, cfg: Config, device, out_dir: Path, progress=None) -> tuple[dict, dict]:
+    """Predict, write `detections.json` and `metrics.json` into out_dir; returns (metrics, files)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results, aux_pairs = predict(model, dataset, cfg, device, progress)
+    det_path = write_json(out_dir / "detections.json", results)
+    metrics = _metrics(results, aux_pairs, dataset, cfg)
     metrics_path = write_json(out_dir / "metrics.json", metrics)
     return metrics, {"detections": det_path, "metrics": metrics_path}

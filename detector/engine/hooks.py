@@ -1,7 +1,7 @@
-"""Callbacks through which a training run reports what it measures.
+"""Callbacks through which a training run reports what it measures, and through which it can be stopped.
 
-`detector/` never talks to a tracking backend; `ablation/tracking.py` subclasses `TrainHooks` and
-sends these records to MLflow. Every method is a no-op here so a plain run needs no tracker.
+`detector/` never talks to a tracking backend; `ablation/tracking/writer.py` subclasses `TrainHooks`
+and sends these records to MLflow. Every method is a no-op here so a plain run needs no tracker.
 """
 from __future__ import annotations
 
@@ -22,22 +22,24 @@ class TrainHooks:
         """Called as evaluation images are processed."""
 
     def on_eval(self, iteration: int, metrics: dict[str, float], files: dict[str, Path]) -> None:
-        """Called after an evaluation: the 12 COCO stats and the files written (detections, metrics)."""
+        """Called after an evaluation (every `train.eval_every` iterations, and at the end): the COCO
+        stats and the files written (none during training)."""
 
-    def on_artifact(self, path: Path, folder: str = "") -> None:
-        """A file worth keeping with the run (figures, histograms)."""
+    def should_stop(self, iteration: int) -> bool:
+        """Asked after each evaluation during training: True ends the run as PRUNED (e.g. a search pruner)."""
+        return False
 
     def on_records(self, iteration: int, kind: str, records: list | dict) -> None:
-        """Periodic structured records (kind "gmm_fits": PAA GMM fits; "positives_per_gt": raw counts)."""
+        """Periodic structured records for figures (kind "positives_per_gt", "gmm_fits", ...)."""
 
     def on_end(self, status: str, reason: str = "") -> None:
-        """Called once: status is 'FINISHED' or 'FAILED' (reason says why)."""
+        """Called once: status is 'FINISHED', 'FAILED' or 'PRUNED' (reason says why)."""
 
 
 class HookList(TrainHooks):
-    """Fan one stream of records out to several hooks."""
+    """Fan one stream of records out to several hooks; any of them may stop the run."""
 
-    def __init__(self, *hooks: TrainHooks):
+    def __init__(self, *hooks: TrainHooks | None):
         self.hooks = [h for h in hooks if h is not None]
 
     def on_start(self, config, workdir, start_iteration):
@@ -60,9 +62,8 @@ class HookList(TrainHooks):
         for h in self.hooks:
             h.on_eval(iteration, metrics, files)
 
-    def on_artifact(self, path, folder=""):
-        for h in self.hooks:
-            h.on_artifact(path, folder)
+    def should_stop(self, iteration):
+        return any([h.should_stop(iteration) for h in self.hooks])  # a list: every hook is asked
 
     def on_records(self, iteration, kind, records):
         for h in self.hooks:

@@ -1,6 +1,7 @@
-"""Iteration-based training of a dense detector with a pluggable label assigner.
+"""Iteration-based training of a dense detector whose label assignment is the run's method.
 
-One step: forward -> assignment on detached predictions (no grad) -> losses -> backward -> SGD.
+One step (`step.TrainStep`): forward -> the method's loss (by default: assignment on detached predictions,
+no grad, then the dense losses) -> backward -> SGD.
 Everything measured is reported through `TrainHooks`; nothing here knows about tracking.
 """
 from __future__ import annotations
@@ -14,27 +15,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detector.assigners import NEEDS_PREDICTIONS, AssignInputs, assign
-from detector.box_coder import BoxCoder
-from detector.config import Config, config_hash, config_to_dict
+from detector.config import Config, config_to_dict
 from detector.data.build import build_datasets
 from detector.data.sampler import build_train_loader
 from detector.engine.checkpoint import LAST, load_checkpoint, save_checkpoint
 from detector.engine.diagnostics import assignment_diagnostics
-from detector.engine.evaluate import evaluate_model
+from detector.engine.evaluate import evaluate_metrics, evaluate_model
 from detector.engine.hooks import TrainHooks
 from detector.engine.optim import build_optimizer, lr_at, set_lr
-from detector.engine.records import gmm_records, gmm_summary, positives_histogram
-from detector.losses.dense import dense_losses
-from detector.model.anchors import anchors_per_location
+from detector.engine.records import positives_histogram
+from detector.engine.step import TrainStep
 from detector.model.detector import DenseDetector
+from detector.run_key import run_dir, run_key
 
 log = logging.getLogger("anchorlab")
 
 
 @dataclass
 class TrainResult:
-    status: str  # "FINISHED" or "FAILED"
+    status: str  # "FINISHED", "FAILED" or "PRUNED"
     reason: str = ""
     iterations: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
@@ -58,47 +57,16 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def run_dir(cfg: Config, workspace: Path) -> Path:
-    """Where a run's checkpoints and evaluation files live: keyed by its resolved config."""
-    return Path(workspace) / "checkpoints" / config_hash(cfg)
+def train(cfg: Config, workspace: Path, hooks: TrainHooks | None = None, resume: bool = False,
+          workdir: Path | None = None) -> TrainResult:
+    """Train `cfg` to its last iteration (or resume from `workdir`'s last checkpoint), then evaluate.
 
-
-class TrainStep:
-    """Forward, assignment, losses for one batch; shared by training and tests."""
-
-    def __init__(self, model: DenseDetector, cfg: Config):
-        self.model, self.cfg = model, cfg
-        self.coder = BoxCoder(cfg.model.box_coder.weights, cfg.model.box_coder.clamp)
-        self.assign_seconds = 0.0  # wall time of the last assignment (CPU-accurate; async on CUDA)
-
-    def __call__(self, batch) -> tuple[dict[str, torch.Tensor], object, list[int]]:
-        out, anchors, counts = self.model(batch.images)
-        pred_boxes = cls_logits = None
-        if self.cfg.assign.name in NEEDS_PREDICTIONS:  # geometric assigners never read them
-            with torch.no_grad():
-                pred_boxes = self.coder.decode(out.box_deltas.detach().float(), anchors)
-            cls_logits = out.cls_logits.detach()
-        inputs = AssignInputs(
-            anchors=anchors, num_per_level=counts, strides=self.cfg.model.anchors.strides,
-            gt_boxes=batch.gt_boxes, gt_labels=batch.gt_labels, gt_valid=batch.gt_valid,
-            anchors_per_location=anchors_per_location(self.cfg.model.anchors),
-            ignore_boxes=batch.ignore_boxes, ignore_valid=batch.ignore_valid,
-            cls_logits=cls_logits, pred_boxes=pred_boxes,
-        )
-        t = time.perf_counter()
-        result = assign(inputs, self.cfg.assign)
-        self.assign_seconds = time.perf_counter() - t
-        losses = dense_losses(
-            out, anchors, result, batch.gt_boxes, batch.gt_labels, self.coder, self.cfg.loss, self.cfg.model.head.aux
-        )
-        return losses, result, counts
-
-
-def train(cfg: Config, workspace: Path, hooks: TrainHooks | None = None, resume: bool = False) -> TrainResult:
-    """Train `cfg` to its last iteration (or resume from the run directory's last checkpoint), then evaluate.
-
-    A non-finite loss stops the run as FAILED with reason "diverged at iteration N" (1-based); so does an
-    assigner that gives no positive for `train.fail_without_positives` iterations in a row.
+    `workdir` holds the checkpoints and evaluation files (default `checkpoints/<run key>` in `workspace`;
+    tracked runs pass a folder of their own). A non-finite loss stops the run as FAILED with reason
+    "diverged at iteration N" (1-based); so does an assigner that gives no positive for
+    `train.fail_without_positives` iterations in a row. With `train.eval_every` > 0 the val split is
+    evaluated every that many iterations (`hooks.on_eval` at that step); a hook whose `should_stop` then
+    says so ends the run as PRUNED at that iteration.
     """
     hooks = hooks or TrainHooks()
     t0 = time.perf_counter()
@@ -108,7 +76,7 @@ def train(cfg: Config, workspace: Path, hooks: TrainHooks | None = None, resume:
     seed_everything(tc.seed, tc.deterministic)
     device = resolve_device(tc.device)
     torch.set_flush_denormal(tc.flush_denormal)
-    workdir = run_dir(cfg, workspace)
+    workdir = Path(workdir) if workdir is not None else run_dir(workspace, run_key(cfg))
     workdir.mkdir(parents=True, exist_ok=True)
 
     train_set, val_set = build_datasets(cfg, workspace)
@@ -175,19 +143,28 @@ def train(cfg: Config, workspace: Path, hooks: TrainHooks | None = None, resume:
         if done % tc.log_every == 0 or done == tc.iterations:
             scalars = {k: v.item() for k, v in losses.items()}
             scalars.update(assignment_diagnostics(result, batch.gt_valid, counts))
-            scalars.update(gmm_summary(result))
+            scalars.update(step.method.summary(result))
             now = time.perf_counter()
             scalars.update({"lr": lr, "time/step_s": now - t_step, "time/data_s": t_step - t_data,
                             "time/assign_s": step.assign_seconds})
             hooks.on_iteration(done, scalars)
         if tc.record_every > 0 and (done % tc.record_every == 0 or done == 1):
             hooks.on_records(done, "positives_per_gt", positives_histogram(result, batch.gt_valid))
-            fits = gmm_records(result, tc.record_gts, seed=done)
-            if fits:
-                hooks.on_records(done, "gmm_fits", fits)
+            for kind, records in step.method.records(result, tc.record_gts, done).items():
+                hooks.on_records(done, kind, records)
         if tc.checkpoint_every > 0 and done % tc.checkpoint_every == 0 and done < tc.iterations:
             last_ckpt = save_checkpoint(workdir / LAST, model, optimizer, scaler, done)
             hooks.on_checkpoint(done, last_ckpt)
+        if tc.eval_every > 0 and done % tc.eval_every == 0 and done < tc.iterations:
+            metrics = evaluate_metrics(model, val_set, cfg, device, progress=hooks.on_eval_progress)
+            model.train()
+            hooks.on_eval(done, metrics, {})
+            if hooks.should_stop(done):
+                reason = f"pruned at iteration {done} (val AP {100 * metrics.get('AP', float('nan')):.1f})"
+                log.info(reason)
+                hooks.on_end("PRUNED", reason)
+                return TrainResult("PRUNED", reason, done, metrics, checkpoint=last_ckpt,
+                                   wall_time=time.perf_counter() - t0)
 
     last_ckpt = save_checkpoint(workdir / LAST, model, optimizer, scaler, tc.iterations)
     hooks.on_checkpoint(tc.iterations, last_ckpt)
@@ -201,4 +178,3 @@ def train(cfg: Config, workspace: Path, hooks: TrainHooks | None = None, resume:
     result.wall_time = time.perf_counter() - t0
     hooks.on_end("FINISHED")
     return result
-

@@ -10,6 +10,8 @@ All three are normalised by the batch's number of positives (at least 1).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -17,19 +19,18 @@ from torchvision.ops import sigmoid_focal_loss
 
 from detector.assigners.base import IGNORE, AssignResult
 from detector.box_coder import BoxCoder
-from detector.boxes import aligned_giou, aligned_iou, box_centers
-from detector.config import LossConfig
-from detector.model.head import HeadOutput
+from detector.boxes import aligned_giou, aligned_iou, box_centers, point_box_distances
+
+if TYPE_CHECKING:  # annotations only: detector.methods imports this module, and detector.config imports it
+    from detector.config.sections import LossConfig
+    from detector.model.head import HeadOutput
 
 
 def centerness_target(points: Tensor, gt_boxes: Tensor) -> Tensor:
     """FCOS centerness of points [N, 2] in their GT boxes [N, 4] -> [N] in [0, 1]."""
-    l = points[:, 0] - gt_boxes[:, 0]
-    t = points[:, 1] - gt_boxes[:, 1]
-    r = gt_boxes[:, 2] - points[:, 0]
-    b = gt_boxes[:, 3] - points[:, 1]
-    lr = torch.stack([l, r], 1).clamp(min=0)
-    tb = torch.stack([t, b], 1).clamp(min=0)
+    ltrb = point_box_distances(points, gt_boxes)
+    lr = ltrb[:, 0::2].clamp(min=0)
+    tb = ltrb[:, 1::2].clamp(min=0)
     ratio = (lr.amin(1) / lr.amax(1).clamp(min=1e-6)) * (tb.amin(1) / tb.amax(1).clamp(min=1e-6))
     return ratio.sqrt()
 

@@ -9,11 +9,13 @@ Anchor-free methods read the same grid with one anchor per location and use its 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from detector.config import AnchorConfig
+if TYPE_CHECKING:  # annotations only: detector.methods imports this module, and detector.config imports it
+    from detector.config.sections import AnchorConfig
 
 
 def anchors_per_location(cfg: AnchorConfig) -> int:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from detector.config import HeadConfig
+from detector.config.sections import HeadConfig
 
 
 @dataclass

@@ -4,11 +4,11 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from ablation.runner import count_states
-from ablation.study import Study
+from ablation.execution.launcher import count_states
+from ablation.study.load import Study
 
 if TYPE_CHECKING:
-    from ablation.runner import PlanEntry
+    from ablation.execution.launcher import PlanEntry
 
 
 class ProgressDisplay:
@@ -27,9 +27,9 @@ class ProgressDisplay:
         from rich.live import Live
 
         self.title = f"{study.name} [{profile}]"
-        self.specs = {e.spec.config_hash: e.spec for e in entries}
-        self.state = {e.spec.config_hash: e.state if e.state in ("finished", "failed", "running") and
-                      e.action != "retry" else "pending" for e in entries}
+        self.runs = {e.run.key: e.run for e in entries}
+        self.state = {e.run.key: e.state if e.state in ("finished", "failed", "running") and
+                      not e.action.startswith("retry") else "pending" for e in entries}
         self.workers: dict[int, dict] = {}
         self.t0 = time.monotonic()
         counts = ", ".join(f"{n} {k}" for k, n in count_states(entries).items() if n)
@@ -42,8 +42,8 @@ class ProgressDisplay:
         self.console.print(text, markup=False, highlight=False)
 
     def _name(self, key: str) -> str:
-        spec = self.specs.get(key)
-        return spec.run_name if spec else key
+        run = self.runs.get(key)
+        return run.run_name if run else key
 
     def handle(self, event) -> None:
         index, kind, data = event
@@ -65,9 +65,11 @@ class ProgressDisplay:
         elif kind == "end":
             self.workers.pop(index, None)
             status = data["status"]
-            self.state[key] = {"FINISHED": "finished", "FAILED": "failed"}.get(status, "pending")
+            self.state[key] = {"FINISHED": "finished", "FAILED": "failed", "PRUNED": "failed"}.get(status, "pending")
             detail = f"AP {100 * data['ap']:.1f}" if data.get("ap") is not None else data.get("reason", "")
             self._say(f"  {status.lower():<12}{self._name(key)}  {detail}".rstrip())
+        elif kind == "held":
+            self._say(f"  {'waiting':<12}{self._name(key)}  (another process trains this run key; its result is reused)")
         elif kind == "skip":
             self.state[key] = data["state"]
         elif kind == "exit":
@@ -84,7 +86,7 @@ class ProgressDisplay:
         if rate <= 0:
             return "-"
         left = sum(max(0, w["total"] - w["it"]) for w in self.workers.values() if w["phase"] == "train")
-        left += sum(self.specs[k].config.train.iterations for k, s in self.state.items() if s == "pending")
+        left += sum(self.runs[k].config.train.iterations for k, s in self.state.items() if s == "pending")
         return _clock(left / rate)
 
     def _render(self):

@@ -1,6 +1,6 @@
 """Reading a study file: YAML that remembers line numbers, and one-line `FILE:LINE: KEY: message` errors.
 
-`ablation.study` parses and validates studies with these; nothing here knows the study schema.
+`ablation.study.load` parses and validates studies with these; nothing here knows the study schema.
 """
 from __future__ import annotations
 

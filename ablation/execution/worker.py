@@ -1,7 +1,11 @@
-"""A study worker process: claim a run from the queue, train it inside its MLflow run, report events.
+"""A study worker process: claim a queue item, execute its run spec, report events to the launcher.
 
-Started by `ablation.runner.run_study` (one per GPU, or N on CPU with the threads split); see the
-runner's docstring for how claiming, reuse and resume work.
+Started by `launcher.run_study` (one per GPU, or N on CPU with the threads split). An item carries the
+resolved config, so the worker needs nothing from the study file. Per item: this study already has the
+key FINISHED (or FAILED, unless the item retries it): skip; else `run.execute` with reuse and resume,
+which links a key finished elsewhere, re-opens an interrupted run, or trains. With nothing waiting, a
+worker fails the trials of dead workers and puts their items back, waits while runs are live
+elsewhere, and exits when none are.
 """
 from __future__ import annotations
 
@@ -10,27 +14,21 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from ablation.queue import WorkQueue
-from ablation.study import RunSpec
-from ablation.tables import fetch_records
+from ablation.execution.queue import WorkQueue
+from ablation.execution.run import RunSpec, execute
+from ablation.tracking import reader
+from ablation.tracking.writer import one_line, record_failure
+from detector.config import build_config
 from detector.engine.hooks import TrainHooks
 
 MAX_CONSECUTIVE_ERRORS = 3  # a worker whose runs keep failing outside training stops
 LOST_EXIT = 3  # exit code of a worker whose run was handed to another worker
 
 
-def _row_tags(item: dict) -> dict[str, str]:
-    return {"role": "row", "study": item["study"], "profile": item["profile"], "row": item["label"],
-            "row_index": str(item["row"]), "seed": str(item["seed"])}
-
-
-
 @dataclass
 class WorkerArgs:
     index: int
-    specs: list[RunSpec]
     queue_location: str
     queue_name: str
     heartbeat_s: float
@@ -48,8 +46,8 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM (or the launcher's death) in a worker: end the run as KILLED, release the row."""
 
 
-def _stop_once(signum, frame):
-    """A worker's SIGTERM/SIGINT: raise once, then ignore repeats so that the run can still be closed.
+def stop_once(signum, frame):
+    """A SIGTERM/SIGINT: raise once, then ignore repeats so that the run can still be closed.
 
     (Repeats happen: Ctrl-C and then the launcher's SIGTERM, or several parent-death signals.)
     """
@@ -63,8 +61,8 @@ def _setup_worker(args: WorkerArgs) -> None:
     if args.gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    signal.signal(signal.SIGTERM, _stop_once)
-    signal.signal(signal.SIGINT, _stop_once)
+    signal.signal(signal.SIGTERM, stop_once)
+    signal.signal(signal.SIGINT, stop_once)
     try:
         import ctypes
 
@@ -79,7 +77,19 @@ def _setup_worker(args: WorkerArgs) -> None:
     torch.set_num_threads(args.threads)  # train.num_threads > 0 in the config still wins
 
 
-def _worker_main(args: WorkerArgs, events) -> None:
+def _put_back(q: WorkQueue, items: list[dict], args: WorkerArgs) -> int:
+    """Enqueue the items of reaped trials again, unless MLflow already says how they ended."""
+    records = reader.study_runs(args.tracking_uri, args.experiment)
+    again = []
+    for item in items:
+        rec = records.get(item["key"])
+        if rec is None or rec.outcome not in ("FINISHED", "FAILED") or (rec.outcome == "FAILED" and item["retry"]):
+            again.append(item)
+    q.enqueue(again)
+    return len(again)
+
+
+def worker_main(args: WorkerArgs, events) -> None:
     """Entry point of a worker process: claim and run until no work is left anywhere."""
     def emit(kind: str, **data) -> None:
         events.put((args.index, kind, data))
@@ -88,12 +98,10 @@ def _worker_main(args: WorkerArgs, events) -> None:
         _setup_worker(args)
         q = WorkQueue(args.queue_location, args.queue_name, args.heartbeat_s)
         errors = 0
-        from ablation.runner import reconcile  # the launcher's reconciliation, also run by idle workers
-
         while errors < MAX_CONSECUTIVE_ERRORS:
             claim = q.claim()
             if claim is None:
-                if reconcile(q, args.specs, args.tracking_uri, args.experiment, retry_failed=False):
+                if _put_back(q, q.reap_stale(), args):
                     continue
                 others = q.running()
                 if not others and not q.waiting():
@@ -101,64 +109,46 @@ def _worker_main(args: WorkerArgs, events) -> None:
                 emit("wait", n=len(others))
                 time.sleep(args.poll_s)
                 continue
-            errors = 0 if _run_claim(q, claim, args, emit) else errors + 1
+            errors = 0 if run_item(q, claim, args, emit) else errors + 1
     except KeyboardInterrupt:
         emit("exit", code=130)
         raise SystemExit(130) from None
     emit("exit", code=0)
 
 
-def _run_claim(q: WorkQueue, claim, args: WorkerArgs, emit) -> bool:
-    """Run one claimed item; False when it failed outside training (the store or queue, not the model)."""
+def run_item(q: WorkQueue, claim, args: WorkerArgs, emit) -> bool:
+    """Execute one claimed item; False when it failed outside training (the store or queue, not the model)."""
     from optuna.trial import TrialState
 
-    from ablation.tracking import _one_line
-    from ablation.train_run import train_tracked
-
     item, key = claim.item, claim.item["key"]
-    spec = next((s for s in args.specs if s.config_hash == key), None)
-    if spec is None:  # enqueued from another version of the study file
-        q.finish(claim, TrialState.PRUNED, "not in this study")
+    rec = reader.study_runs(args.tracking_uri, args.experiment).get(key)
+    if rec is not None and (rec.outcome == "FINISHED" or (rec.outcome == "FAILED" and not item.get("retry"))):
+        q.finish(claim, TrialState.PRUNED, f"already {rec.outcome.lower()}")
+        emit("skip", key=key, state=rec.outcome.lower())
         return True
-    rec = fetch_records(args.tracking_uri, args.experiment).get(key)
-    if rec is not None and (rec.status == "FINISHED" or (rec.status == "FAILED" and not item.get("retry"))):
-        q.finish(claim, TrialState.PRUNED, f"already {rec.status.lower()}")
-        emit("skip", key=key, state=rec.status.lower())
-        return True
-    emit("start", key=key, total=spec.config.train.iterations)
-    tags = _row_tags(item)
+    config = build_config(item["config"])
+    spec = RunSpec(config, item["run_name"], args.experiment, args.parent_run_id, item["tags"],
+                   reuse=True, resume=True)
+    emit("start", key=key, total=config.train.iterations)
+    ok = True
     try:
-        outcome = train_tracked(spec.config, Path(args.workspace), args.tracking_uri, args.experiment,
-                                run_name=spec.run_name, resume=True, tags=tags, parent_run_id=args.parent_run_id,
-                                extra_hooks=_EventHooks(emit, claim, key))
-        status, reason, ap, ok = outcome.result.status, outcome.result.reason, outcome.result.metrics.get("AP"), True
+        outcome = execute(spec, args.workspace, args.tracking_uri, hooks=_EventHooks(emit, claim, key),
+                          on_wait=lambda: emit("held", key=key))
+        status, reason, ap = outcome.status, outcome.reason, outcome.metrics.get("AP")
     except KeyboardInterrupt:
         q.finish(claim, TrialState.FAIL, "interrupted")
         emit("end", key=key, status="INTERRUPTED", reason="", ap=None)
         raise
-    except Exception as exc:  # tracked_run recorded it FAILED with this reason, if its run existed
-        status, reason, ap = "FAILED", _one_line(exc), None
-        ok = _record_failure(spec, tags, args, reason)
+    except Exception as exc:  # no run could be opened (the store is failing): record one if possible
+        status, reason, ap, ok = "FAILED", one_line(exc), None, False
+        try:
+            record_failure(config, args.tracking_uri, args.experiment, args.workspace, reason, spec.label,
+                           spec.tags, args.parent_run_id)
+        except Exception:  # the store itself is failing: the worker gives up after a few of these
+            pass
     q.finish(claim, TrialState.COMPLETE if status == "FINISHED" else TrialState.FAIL, status.lower(), ap)
     emit("end", key=key, status=status, reason=reason, ap=ap)
     return ok
-
-
-def _record_failure(spec: RunSpec, tags: dict, args: WorkerArgs, reason: str) -> bool:
-    """True if MLflow already holds the FAILED run (training raised); else record one and return False."""
-    from ablation.tracking import tracked_run
-
-    try:
-        rec = fetch_records(args.tracking_uri, args.experiment).get(spec.config_hash)
-        if rec is not None and rec.status == "FAILED":
-            return True
-        run_id = rec.run_id if rec is not None and rec.status != "FINISHED" else None
-        with tracked_run(spec.config, args.tracking_uri, args.experiment, Path(args.workspace), spec.run_name,
-                         tags, args.parent_run_id, run_id) as hooks:
-            hooks.on_end("FAILED", reason)
-    except Exception:  # the store itself is failing: the worker gives up after a few of these
-        pass
-    return False
 
 
 class _EventHooks(TrainHooks):
@@ -193,4 +183,4 @@ class _EventHooks(TrainHooks):
             self.emit("iter", key=self.key, it=done, total=total, phase="eval")
 
 
-# ---------------------------------------------------------------- launcher
+__all__ = ["WorkerArgs", "worker_main", "run_item", "stop_once", "LOST_EXIT"]

@@ -1,10 +1,10 @@
 """The work queue of a study: Optuna storage hands each run to exactly one worker.
 
-The queue only hands out work; MLflow says what is done (see `ablation/runner.py`).
+The queue only hands out work; MLflow says what is done (see `launcher.py`).
 
 * One Optuna study per (study, profile). An item is an enqueued (WAITING) trial whose user attribute
-  `item` holds the run: config hash (`key`), label, seed, row, resolved config, and whether it retries
-  a failed run.
+  `item` holds the run: run key (`key`), label, seed, row, tags, resolved config, and whether it
+  retries a failed run.
 * **Claim** = `storage.set_trial_state_values(trial, RUNNING)` on a WAITING trial: the compare-and-set
   that `Study.ask()` uses to pop enqueued trials. With the default journal file it is atomic because
   the log is totally ordered (appends under a file lock) and a RUNNING transition of a trial that is
@@ -17,26 +17,24 @@ The queue only hands out work; MLflow says what is done (see `ablation/runner.py
 * **Liveness**: a claimant writes `worker = {host, pid, beat}` every `heartbeat_s` seconds from a
   thread. A RUNNING trial is stale when its beat is older than `GRACE_BEATS` heartbeats, or at once
   when its worker ran on this machine and its pid is gone (a SIGKILLed worker). Stale trials are
-  failed (`reap_stale`) and their rows enqueued again by the runner. Beats use wall clocks: machines
+  failed (`reap_stale`) and their items enqueued again by an idle worker. Beats use wall clocks: machines
   sharing a queue need roughly synchronised clocks (well within the grace period).
 """
 from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from ablation.tracking import pid_alive
+from ablation.processes import HOST, pid_alive
 
 ITEM = "item"
 WORKER = "worker"
 OUTCOME = "outcome"
-PARENT_ATTR = "parent_run_id"
 GRACE_BEATS = 6  # a trial is stale after this many missed heartbeats
 LOCK_GRACE_S = 10  # a journal lock left by a killed process is broken after this long
 DEFAULT_HEARTBEAT_S = 10.0
@@ -44,18 +42,6 @@ DEFAULT_HEARTBEAT_S = 10.0
 
 class QueueError(RuntimeError):
     """A queue storage that cannot be used (one line)."""
-
-
-def _host_id() -> str:
-    """This machine: hostname plus kernel boot id, so a pid check never crosses machines or reboots."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot = ""
-    return f"{socket.gethostname()}/{boot}"
-
-
-HOST = _host_id()
 
 
 def default_storage(workspace: Path, study: str, profile: str) -> str:
@@ -240,5 +226,5 @@ class WorkQueue:
             claim.lost.set()
 
 
-__all__ = ["WorkQueue", "Claim", "QueueError", "default_storage", "open_storage", "pid_alive", "HOST",
-           "DEFAULT_HEARTBEAT_S"]
+__all__ = ["WorkQueue", "Claim", "QueueError", "default_storage", "open_storage", "DEFAULT_HEARTBEAT_S", "ITEM",
+           "WORKER"]

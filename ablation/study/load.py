@@ -1,4 +1,4 @@
-"""Study files (`studies/*.yaml`): schema, validation with file:line errors, expansion into runs.
+"""Study files (`studies/*.yaml`): the schema and its validation, with file:line errors.
 
 A study is a paper table: rows (explicit, or generated from `axes`) x `seeds`, under a `profile`.
 One row resolves to one config, in this order (later wins):
@@ -23,23 +23,17 @@ are floats here (YAML 1.2), where PyYAML alone would read them as strings.
 """
 from __future__ import annotations
 
-import copy
-import hashlib
 import itertools
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-from ablation.study_source import (
-    Ctx, StudyError, error_key, find_line, line_of, nest, plain, read_yaml,
-)
-from detector.config import Config, ConfigError, build_config, config_hash, deep_merge, flatten, load_yaml
+from ablation.study.source import Ctx, StudyError, line_of, nest, plain, read_yaml
+from detector.config import ConfigError, deep_merge, flatten, load_yaml
 from detector.evaluation.coco_eval import STAT_NAMES
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TOP_KEYS = ("name", "description", "paper", "base", "overrides", "rows", "axes", "seeds", "profiles",
             "metrics", "layout")
 ROW_KEYS = ("label", "base", "overrides", "reference", "cells")
@@ -96,8 +90,10 @@ class Study:
     profiles: dict[str, Profile]
     metrics: list[str]
     layout: list[LayoutPart]
-    warnings: dict[str, list[str]] = field(default_factory=dict)  # profile -> messages
-    specs: dict[str, list[RunSpec]] = field(default_factory=dict)  # profile -> runs (filled by load_study)
+    common: dict = field(default_factory=dict)  # study-level `overrides` (nested plain dict)
+    common_lines: dict[str, int] = field(default_factory=dict)  # their dotted keys -> line
+    warnings: dict[str, list[str]] = field(default_factory=dict)  # profile -> messages (filled by expansion)
+    runs: dict[str, list] = field(default_factory=dict)  # profile -> [expand.StudyRun] (filled by expansion)
 
     def default_profile(self) -> str:
         if "paper" in self.profiles:
@@ -108,23 +104,6 @@ class Study:
 
     def row(self, label: str) -> Row:
         return next(r for r in self.rows if r.label == label)
-
-
-@dataclass
-class RunSpec:
-    """One tracked run of a study: a row at one seed under one profile."""
-
-    study: str
-    profile: str
-    label: str
-    row: int  # index of the row in paper order
-    seed: int
-    config: Config
-    config_hash: str
-
-    @property
-    def run_name(self) -> str:
-        return f"{self.label} [seed {self.seed}]"
 
 
 # ---------------------------------------------------------------- validation helpers
@@ -344,8 +323,8 @@ def _parse_layout(ctx: Ctx, raw: dict, rows: list[Row]) -> list[LayoutPart]:
     return parts
 
 
-def load_study(path: str | Path) -> Study:
-    """Parse and fully validate a study file (every row under every profile); raise `StudyError`."""
+def parse_study(path: str | Path) -> Study:
+    """Parse and validate a study file's schema; `expand.load_study` also resolves every run; raise `StudyError`."""
     path = Path(path)
     if not path.is_file():
         raise StudyError(f"study file not found: {path}")
@@ -377,79 +356,8 @@ def load_study(path: str | Path) -> Study:
             raise ctx.error(row.line, f"rows[{row.index}].label", f"'{row.label}' repeats rows[{seen[row.label]}]")
         seen[row.label] = row.index
     seeds = _parse_seeds(ctx, raw["seeds"], line_of(raw, "seeds"), "seeds") if "seeds" in raw else [0]
-    study = Study(path, name, str(raw.get("description") or ""), {k: str(v) for k, v in paper.items()}, rows,
-                  seeds, _parse_profiles(ctx, raw), metrics, _parse_layout(ctx, raw, rows))
-    for profile in study.profiles.values():
-        study.specs[profile.name], study.warnings[profile.name] = _expand(ctx, study, profile, common, common_lines)
-    return study
+    return Study(path, name, str(raw.get("description") or ""), {k: str(v) for k, v in paper.items()}, rows,
+                 seeds, _parse_profiles(ctx, raw), metrics, _parse_layout(ctx, raw, rows), common, common_lines)
 
 
-# ---------------------------------------------------------------- expansion
-def _build(ctx: Ctx, data: dict, sources: list[tuple[str, dict[str, int]]], fallback: tuple[int, str]) -> Config:
-    """build_config with the error located at the first source whose line map names the key."""
-    try:
-        return build_config(data)
-    except ConfigError as exc:
-        message = str(exc).splitlines()[0]
-        key = error_key(message)
-        for where, lines in sources:
-            line = find_line(key, lines)
-            if line is not None:
-                raise ctx.error(line, where, message) from None
-        raise ctx.error(fallback[0], fallback[1], message) from None
-
-
-def _expand(ctx: Ctx, study: Study, profile: Profile, common: dict, common_lines: dict[str, int]):
-    specs: list[RunSpec] = []
-    warnings: list[str] = []
-    by_hash: dict[str, str] = {}
-    seeds = profile.seeds or study.seeds
-    for row in study.rows:
-        key = f"rows[{row.index}]"
-        row_lines = {**common_lines, **row.override_lines}
-        if find_line("train.seed", row_lines) is not None:
-            raise ctx.error(find_line("train.seed", row_lines), f"{key}.overrides",
-                            "train.seed is set by the study's 'seeds'")
-        data = deep_merge(deep_merge(row.base, common), row.overrides)
-        ours = flatten(deep_merge(common, row.overrides))
-        for dotted, value in flatten(profile.data).items():
-            if dotted in ours and ours[dotted] != value:
-                warnings.append(f"{ctx.path}:{row_lines[dotted] if dotted in row_lines else row.line}: {key} "
-                                f"'{row.label}' sets {dotted}={ours[dotted]!r}; profile '{profile.name}' replaces it "
-                                f"with {value!r}")
-        data = deep_merge(data, profile.data)
-        base_where = f"{key}.base ({row.base_name})" if row.base_name != "inline" else f"{key}.base"
-        sources = [(f"{key}.overrides", row.override_lines), ("overrides", common_lines),
-                   (f"profiles.{profile.name}", profile.lines)]
-        cfg = _build(ctx, data, sources, (row.line, base_where))
-        for seed in seeds:
-            run_cfg = copy.deepcopy(cfg)
-            run_cfg.train.seed = seed
-            chash = config_hash(run_cfg)
-            if chash in by_hash:
-                raise ctx.error(row.line, key, f"'{row.label}' resolves to the same config as '{by_hash[chash]}' "
-                                f"under profile '{profile.name}' (seed {seed}); rows must differ")
-            by_hash[chash] = row.label
-            specs.append(RunSpec(study.name, profile.name, row.label, row.index, seed, run_cfg, chash))
-    return specs, warnings
-
-
-def expand(study: Study, profile: str | None = None) -> list[RunSpec]:
-    """The runs of `study` under `profile` (default: `Study.default_profile`), in paper order."""
-    name = profile or study.default_profile()
-    if name not in study.profiles:
-        raise StudyError(f"{study.path}: no profile '{name}'; profiles: {', '.join(study.profiles)}")
-    return study.specs[name]
-
-
-def spec_hash(study: Study, profile: str) -> str:
-    """Hash of what a profile of the study runs: name, labels, seeds, config hashes, table shape."""
-    payload = {
-        "name": study.name, "profile": profile, "metrics": study.metrics,
-        "runs": [(s.label, s.seed, s.config_hash) for s in expand(study, profile)],
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
-
-
-__all__ = ["Study", "Row", "Profile", "LayoutPart", "RunSpec", "StudyError", "load_study", "expand", "spec_hash",
-           "DEFAULT_METRICS", "FAILED_REFERENCE"]
+__all__ = ["Study", "Row", "Profile", "LayoutPart", "StudyError", "parse_study", "DEFAULT_METRICS", "FAILED_REFERENCE"]

@@ -1,24 +1,19 @@
-"""Run a study: a launcher that prepares MLflow and the queue, and worker processes that train.
+"""Run a study: prepare MLflow and the queue, start workers, build the table.
 
-MLflow is the source of truth for run state; the queue (`ablation/queue.py`) only hands out work.
-A run is keyed by its config hash (the seed is part of the config), inside one MLflow experiment per
-study (named after it); `tables.fetch_records` maps hashes to runs.
+MLflow is the source of truth for run state; the queue (`queue.py`) only hands out work. A run is
+keyed by its run key (`detector.run_key`); keys are workspace-wide, so a key that finished in another
+study (or in `anchorlab train`) is reused by linking, not trained again (`run.execute`).
 
-Launcher (`run_study`):
+`run_study`:
  1. open the queue, an Optuna study `<study>.<profile>`. Creating it is atomic, so exactly one
     launcher is its creator: that one creates the MLflow store, the experiment and the parent run,
     and stores the parent's id in the queue; the others wait for the id (SQLite stores break when
     several processes create them at once). Workers only start after this.
- 2. reconcile: enqueue every run that MLflow has not finished (failed ones only with
-    `retry_failed`) and that no live trial holds.
- 3. start N workers (one per GPU with CUDA_VISIBLE_DEVICES pinned; on CPU, torch threads are split
-    `cores // N` per worker without touching the config); show progress; when they exit, build the
-    table from MLflow and log it to the parent run.
-Worker: claim a run -> MLflow says FINISHED: reuse it; FAILED: skip it unless the item retries ->
-otherwise `train_tracked(resume=True)`, which re-opens an interrupted run of the same hash and
-continues from `checkpoints/<hash>/last.pt`. Divergence or an exception = a FAILED run with its
-reason; the worker goes on. With nothing waiting, a worker reaps stale trials (dead workers),
-re-enqueues what they held, and waits while runs are live elsewhere; it exits when none are.
+ 2. reconcile: enqueue every run (its resolved config in the item) that this study has not finished
+    (failed ones only with `retry_failed`) and that no live trial holds.
+ 3. start N workers (`worker.py`; one per GPU with CUDA_VISIBLE_DEVICES pinned; on CPU, torch threads
+    are split `cores // N` per worker without touching the config); show progress; when they exit,
+    build the table from MLflow and log it to the parent run.
 """
 from __future__ import annotations
 
@@ -30,15 +25,21 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ablation.queue import DEFAULT_HEARTBEAT_S, HOST, WorkQueue, default_storage
-from ablation.study import RunSpec, Study, expand, spec_hash
-from ablation.tables import FORMATS, build_table, fetch_records, find_parent, log_table, render
-from ablation.tracking import ensure_store, pid_alive
-from ablation.worker import WorkerArgs, _stop_once, _worker_main
+from ablation.execution.queue import DEFAULT_HEARTBEAT_S, WorkQueue, default_storage
+from ablation.execution.worker import WorkerArgs, stop_once, worker_main
+from ablation.processes import HOST, pid_alive
+from ablation.study.expand import StudyRun, expand, spec_hash
+from ablation.study.load import Study
+from ablation.tables.build import build_table
+from ablation.tables.render import EXTENSIONS, FORMATS, render
+from ablation.tracking import reader, writer
+from ablation.tracking.store import ensure_store, resolve_tracking_uri, workspace_dir
+from detector.config import config_to_dict
 
 PARENT_WAIT_S = 120.0  # how long a launcher waits for the queue's creator to make the parent run
 JOIN_TIMEOUT_S = 30.0
 INTERRUPT_GRACE_S = 2.0  # after Ctrl-C, workers (which got it too) may stop by themselves first
+ROWS_FILTER = "tags.role = 'row'"
 
 
 @dataclass
@@ -53,10 +54,10 @@ class RunnerSettings:
 
 @dataclass
 class PlanEntry:
-    spec: RunSpec
+    run: StudyRun
     state: str  # finished | failed | running | interrupted | queued | pending
     action: str  # what `study run` would do
-    record: object | None = None  # tables.RunRecord
+    record: reader.RunRecord | None = None
 
 
 @dataclass
@@ -71,15 +72,17 @@ class StudyResult:
     interrupted: bool = False
 
 
-def _targets(workspace, tracking_uri):
-    from ablation.tracking import resolve_tracking_uri, workspace_dir
-
+def _targets(workspace, tracking_uri) -> tuple[Path, str]:
     ws = workspace_dir(workspace)
     return ws, resolve_tracking_uri(tracking_uri, ws)
 
 
 def _queue_location(settings: RunnerSettings, ws: Path, study: Study, profile: str) -> str:
     return settings.queue_storage or default_storage(ws, study.name, profile)
+
+
+def _ap(rec: reader.RunRecord) -> str:
+    return f"AP {100 * rec.metrics.get('val/AP', float('nan')):.1f}"
 
 
 # ---------------------------------------------------------------- plan (dry run, status)
@@ -98,34 +101,36 @@ def plan(study: Study, profile: str, workspace=None, tracking_uri=None, settings
             q = None
         if q is not None:
             live, running = q.live(), q.running()
-    records = fetch_records(uri, study.name)
+    records = reader.study_runs(uri, study.name)
+    elsewhere = {k: r for k, r in reader.by_key(reader.runs_frame(uri, None, "attributes.status = 'FINISHED'")).items()
+                 if r.reused_from is None}
     entries = []
-    for spec in expand(study, profile):
-        rec = records.get(spec.config_hash)
-        status = rec.status if rec else None
-        held = spec.config_hash in live
-        if status == "FINISHED":
-            state, action = "finished", f"reuse (AP {100 * rec.metrics.get('val/AP', float('nan')):.1f})"
-        elif status == "FAILED":
+    for run in expand(study, profile):
+        rec = records.get(run.key)
+        outcome = rec.outcome if rec else None
+        if outcome == "FINISHED":
+            state, action = "finished", f"reuse ({_ap(rec)})"
+        elif outcome == "FAILED":
             state = "failed"
             action = "retry" if settings.retry_failed else f"skip: {rec.reason or 'failed'}"
-        elif held:
-            state, action = ("running", "running elsewhere") if live[spec.config_hash][0].state.name == "RUNNING" \
+        elif run.key in live:
+            state, action = ("running", "running elsewhere") if live[run.key][0].state.name == "RUNNING" \
                 else ("queued", "run (queued)")
-        elif status is not None:
+        elif run.key in elsewhere:
+            state, action = "pending", f"reuse run {elsewhere[run.key].run_id[:8]} of another study ({_ap(elsewhere[run.key])})"
+        elif rec is not None and outcome != "PRUNED":
             it = rec.tags.get("checkpoint_iteration")
             state, action = "interrupted", f"resume from iteration {it}" if it else "resume (no checkpoint yet)"
         else:
             state, action = "pending", "run"
-        entries.append(PlanEntry(spec, state, action, rec))
+        entries.append(PlanEntry(run, state, action, rec))
     return entries, running
 
 
 def format_plan(study: Study, profile: str, entries: list[PlanEntry]) -> str:
-    """An aligned text listing: #, label, seed, config hash, state, action."""
-    head = ["#", "label", "seed", "config hash", "state", "action"]
-    rows = [[str(e.spec.row + 1), e.spec.label, str(e.spec.seed), e.spec.config_hash, e.state, e.action]
-            for e in entries]
+    """An aligned text listing: #, label, seed, run key, state, action."""
+    head = ["#", "label", "seed", "run key", "state", "action"]
+    rows = [[str(e.run.row + 1), e.run.label, str(e.run.seed), e.run.key, e.state, e.action] for e in entries]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = [f"study {study.name} · profile {profile} · {len(entries)} runs · spec {spec_hash(study, profile)}"]
     for r in [head, *rows]:
@@ -141,12 +146,14 @@ def count_states(entries: list[PlanEntry]) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------- queue items and reconcile
-def _item(spec: RunSpec, retry: bool) -> dict:
-    return {"key": spec.config_hash, "label": spec.label, "row": spec.row, "seed": spec.seed,
-            "study": spec.study, "profile": spec.profile, "retry": retry}
+def study_item(run: StudyRun, retry: bool) -> dict:
+    """A queue item: everything a worker needs to execute the run, the resolved config included."""
+    return {"key": run.key, "label": run.label, "run_name": run.run_name, "row": run.row, "seed": run.seed,
+            "study": run.study, "profile": run.profile, "tags": run.tags, "retry": retry,
+            "config": config_to_dict(run.config)}
 
 
-def reconcile(q: WorkQueue, specs: list[RunSpec], tracking_uri: str, experiment: str, retry_failed: bool) -> int:
+def reconcile(q: WorkQueue, runs: list[StudyRun], tracking_uri: str, experiment: str, retry_failed: bool) -> int:
     """Enqueue the runs that need work and that no live trial holds; return how many.
 
     Trials are read before MLflow: a trial closes only after its MLflow run ended, so a run missing
@@ -154,62 +161,34 @@ def reconcile(q: WorkQueue, specs: list[RunSpec], tracking_uri: str, experiment:
     """
     q.reap_stale()
     live = q.live()
-    records = fetch_records(tracking_uri, experiment)
+    records = reader.study_runs(tracking_uri, experiment)
     items = []
-    for spec in specs:
-        rec = records.get(spec.config_hash)
-        if spec.config_hash in live or (rec is not None and rec.status == "FINISHED"):
+    for run in runs:
+        rec = records.get(run.key)
+        outcome = rec.outcome if rec else None
+        if run.key in live or outcome == "FINISHED" or (outcome == "FAILED" and not retry_failed):
             continue
-        if rec is not None and rec.status == "FAILED" and not retry_failed:
-            continue
-        items.append(_item(spec, retry=rec is not None and rec.status == "FAILED"))
+        items.append(study_item(run, retry=outcome == "FAILED"))
     q.enqueue(items)
     return len(items)
 
 
 # ---------------------------------------------------------------- parent run
-def _create_parent(study: Study, profile: str, uri: str, ws: Path) -> str:
-    from mlflow import MlflowClient
-
-    from ablation.tracking import ensure_experiment, git_info
-
-    exp_id = ensure_experiment(study.name, uri, ws)
-    found = find_parent(uri, study.name, profile)
-    if found:
-        return found
-    tags = {"role": "study", "study": study.name, "profile": profile, **git_info(),
-            "paper_table": study.paper.get("table", ""), "mlflow.note.content": study.description}
-    return MlflowClient(uri).create_run(exp_id, tags=tags, run_name=f"{study.name} [{profile}]").info.run_id
-
-
-def _parent_ok(uri: str, run_id: str) -> bool:
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return MlflowClient(uri).get_run(run_id).info.lifecycle_stage == "active"
-    except MlflowException:
-        return False
-
-
 def prepare_parent(q: WorkQueue, study: Study, profile: str, uri: str, ws: Path) -> str:
     """The parent run of (study, profile): made by the queue's creator, read by everyone else."""
-    from mlflow import MlflowClient
-
     parent = None
     if q.created:
         q.set_attr("creator", {"host": HOST, "pid": os.getpid()})
     else:
         parent = _wait_parent(q)
     ensure_store(uri)
-    if parent is None or not _parent_ok(uri, parent):  # the creator, a creator that died, or a deleted parent
-        parent = _create_parent(study, profile, uri, ws)
+    if parent is None or not reader.run_active(uri, parent):  # the creator, a dead creator, or a deleted parent
+        parent = reader.find_parent(uri, study.name, profile) or writer.create_parent(
+            uri, ws, study.name, f"{study.name} [{profile}]",
+            {"study": study.name, "profile": profile, "paper_table": study.paper.get("table", "")}, study.description)
         q.set_attr("parent_run_id", parent)
-    client = MlflowClient(uri)
-    client.set_tag(parent, "spec_hash", spec_hash(study, profile))
-    client.set_tag(parent, "study_file", str(study.path))
-    client.log_text(parent, study.path.read_text(), "study.yaml")
-    client.update_run(parent, status="RUNNING")
+    writer.open_parent(uri, parent, {"spec_hash": spec_hash(study, profile), "study_file": str(study.path)},
+                       {"study.yaml": study.path.read_text()})
     return parent
 
 
@@ -241,17 +220,15 @@ def run_study(study: Study, profile: str | None = None, settings: RunnerSettings
     `display` (a `ProgressDisplay`, or anything with its start/handle/tick/stop) shows progress; None
     runs silently.
     """
-    from mlflow import MlflowClient
-
     settings = settings or RunnerSettings()
     profile = profile or study.default_profile()
-    specs = expand(study, profile)
+    runs = expand(study, profile)
     ws, uri = _targets(workspace, tracking_uri)
     location = _queue_location(settings, ws, study, profile)
     q = WorkQueue(location, f"{study.name}.{profile}", settings.heartbeat_s)
     parent = prepare_parent(q, study, profile, uri, ws)
     entries, _ = plan(study, profile, ws, uri, settings)
-    reconcile(q, specs, uri, study.name, settings.retry_failed)
+    reconcile(q, runs, uri, study.name, settings.retry_failed)
     n = len(settings.gpus) or max(1, settings.workers)
     if not q.waiting() and not q.running():
         n = 0  # everything is finished or failed: no worker to start
@@ -262,12 +239,12 @@ def run_study(study: Study, profile: str | None = None, settings: RunnerSettings
     interrupted = False
     if display is not None:
         display.start(study, profile, entries, n)
-    previous = signal.signal(signal.SIGTERM, _stop_once), signal.getsignal(signal.SIGINT)
+    previous = signal.signal(signal.SIGTERM, stop_once), signal.getsignal(signal.SIGINT)
     try:
         for i in range(n):
-            args = WorkerArgs(i, specs, location, q.name, settings.heartbeat_s, settings.poll_s, str(ws), uri,
-                              study.name, parent, threads, settings.gpus[i] if settings.gpus else None, os.getpid())
-            proc = ctx.Process(target=_worker_main, args=(args, events), name=f"anchorlab-worker-{i}")
+            args = WorkerArgs(i, location, q.name, settings.heartbeat_s, settings.poll_s, str(ws), uri, study.name,
+                              parent, threads, settings.gpus[i] if settings.gpus else None, os.getpid())
+            proc = ctx.Process(target=worker_main, args=(args, events), name=f"anchorlab-worker-{i}")
             proc.start()
             procs.append(proc)
         reported: set[int] = set()
@@ -289,15 +266,27 @@ def run_study(study: Study, profile: str | None = None, settings: RunnerSettings
             display.stop()
     for p in procs:
         p.join()
-    records = fetch_records(uri, study.name)
-    table = build_table(study, profile, records)
+    table = build_table(study, profile, reader.runs_frame(uri, study.name, ROWS_FILTER))
     for fmt in FORMATS:
-        log_table(uri, parent, render(table, fmt, reference=True), fmt, profile)
+        writer.log_text(uri, parent, render(table, fmt, reference=True), f"tables/{profile}.{EXTENSIONS[fmt]}")
     entries, _ = plan(study, profile, ws, uri, settings)
     counts = count_states(entries)
     done = counts["finished"] + counts["failed"] == len(entries)
-    MlflowClient(uri).set_terminated(parent, "FINISHED" if done else "KILLED")
+    writer.end_run(uri, parent, "FINISHED" if done else "KILLED")
     return StudyResult(study.name, profile, parent, uri, study.name, counts, render(table, "md"), interrupted)
+
+
+def study_table(study: Study, profile: str | None = None, fmt: str = "md", reference: bool = False,
+                workspace=None, tracking_uri: str | None = None) -> str:
+    """Render the study's table from MLflow (and log it to the parent run when there is one)."""
+    profile = profile or study.default_profile()
+    expand(study, profile)  # an unknown profile is an error before anything is read
+    ws, uri = _targets(workspace, tracking_uri)
+    text = render(build_table(study, profile, reader.runs_frame(uri, study.name, ROWS_FILTER)), fmt, reference)
+    parent = reader.find_parent(uri, study.name, profile)
+    if parent:
+        writer.log_text(uri, parent, text, f"tables/{profile}.{EXTENSIONS[fmt]}")
+    return text
 
 
 def _stop(procs) -> None:
@@ -328,4 +317,4 @@ def _drain(events, display, timeout: float) -> None:
 
 
 __all__ = ["RunnerSettings", "PlanEntry", "StudyResult", "plan", "format_plan", "count_states", "reconcile",
-           "run_study", "prepare_parent"]
+           "study_item", "run_study", "study_table", "prepare_parent"]

@@ -1,0 +1,122 @@
+"""A study expanded into runs: one resolved config per row x seed under a profile, keyed by its run key.
+
+The resolution order is `ablation/study/load.py`'s (base <- study overrides <- row overrides <- profile
+configs <- profile overrides <- seed). Every config goes through `build_config`; an error comes back at
+the line of the study file that set the offending key.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ablation.study.load import Profile, Study, parse_study
+from ablation.study.source import Ctx, StudyError, error_key, find_line
+from detector.config import Config, ConfigError, build_config, deep_merge, flatten
+from detector.run_key import run_key
+
+
+@dataclass
+class StudyRun:
+    """One run of a study: a row at one seed under one profile, with its resolved config and run key."""
+
+    study: str
+    profile: str
+    label: str
+    row: int  # index of the row in paper order
+    seed: int
+    config: Config
+    key: str
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.label} [seed {self.seed}]"
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """The MLflow tags of its run (role=row marks the runs a study table reads)."""
+        return {"role": "row", "study": self.study, "profile": self.profile, "row": self.label,
+                "row_index": str(self.row), "seed": str(self.seed)}
+
+
+def _build(ctx: Ctx, data: dict, sources: list[tuple[str, dict[str, int]]], fallback: tuple[int, str]) -> Config:
+    """build_config with the error located at the first source whose line map names the key."""
+    try:
+        return build_config(data)
+    except ConfigError as exc:
+        message = str(exc).splitlines()[0]
+        key = error_key(message)
+        for where, lines in sources:
+            line = find_line(key, lines)
+            if line is not None:
+                raise ctx.error(line, where, message) from None
+        raise ctx.error(fallback[0], fallback[1], message) from None
+
+
+def _expand(ctx: Ctx, study: Study, profile: Profile) -> tuple[list[StudyRun], list[str]]:
+    runs: list[StudyRun] = []
+    warnings: list[str] = []
+    by_key: dict[str, str] = {}
+    seeds = profile.seeds or study.seeds
+    for row in study.rows:
+        where = f"rows[{row.index}]"
+        row_lines = {**study.common_lines, **row.override_lines}
+        if find_line("train.seed", row_lines) is not None:
+            raise ctx.error(find_line("train.seed", row_lines), f"{where}.overrides",
+                            "train.seed is set by the study's 'seeds'")
+        data = deep_merge(deep_merge(row.base, study.common), row.overrides)
+        ours = flatten(deep_merge(study.common, row.overrides))
+        for dotted, value in flatten(profile.data).items():
+            if dotted in ours and ours[dotted] != value:
+                warnings.append(f"{ctx.path}:{row_lines[dotted] if dotted in row_lines else row.line}: {where} "
+                                f"'{row.label}' sets {dotted}={ours[dotted]!r}; profile '{profile.name}' replaces it "
+                                f"with {value!r}")
+        data = deep_merge(data, profile.data)
+        base_where = f"{where}.base ({row.base_name})" if row.base_name != "inline" else f"{where}.base"
+        sources = [(f"{where}.overrides", row.override_lines), ("overrides", study.common_lines),
+                   (f"profiles.{profile.name}", profile.lines)]
+        cfg = _build(ctx, data, sources, (row.line, base_where))
+        for seed in seeds:
+            run_cfg = copy.deepcopy(cfg)
+            run_cfg.train.seed = seed
+            try:
+                key = run_key(run_cfg)
+            except ConfigError as exc:  # e.g. a COCO annotation file that is not there
+                raise ctx.error(row.line, where, str(exc)) from None
+            if key in by_key:
+                raise ctx.error(row.line, where, f"'{row.label}' resolves to the same config as '{by_key[key]}' "
+                                f"under profile '{profile.name}' (seed {seed}); rows must differ")
+            by_key[key] = row.label
+            runs.append(StudyRun(study.name, profile.name, row.label, row.index, seed, run_cfg, key))
+    return runs, warnings
+
+
+def load_study(path: str | Path) -> Study:
+    """Parse and fully validate a study file, resolving every row x seed under every profile."""
+    study = parse_study(path)
+    ctx = Ctx(study.path)
+    for profile in study.profiles.values():
+        study.runs[profile.name], study.warnings[profile.name] = _expand(ctx, study, profile)
+    return study
+
+
+def expand(study: Study, profile: str | None = None) -> list[StudyRun]:
+    """The runs of `study` under `profile` (default: `Study.default_profile`), in paper order."""
+    name = profile or study.default_profile()
+    if name not in study.profiles:
+        raise StudyError(f"{study.path}: no profile '{name}'; profiles: {', '.join(study.profiles)}")
+    return study.runs[name]
+
+
+def spec_hash(study: Study, profile: str) -> str:
+    """Hash of what a profile of the study runs: name, labels, seeds, run keys, metric columns."""
+    payload = {
+        "name": study.name, "profile": profile, "metrics": study.metrics,
+        "runs": [(r.label, r.seed, r.key) for r in expand(study, profile)],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+__all__ = ["StudyRun", "load_study", "expand", "spec_hash"]

@@ -1,0 +1,177 @@
+"""Everything anchorlab reads from MLflow: runs as a pandas DataFrame, and records back from their JSON.
+
+`runs_frame` is the one query; the rest are views of it (pure functions over the frame, usable by
+tables and reports without MLflow) or small lookups built on it. Read-only: a missing SQLite store
+reads as empty and is not created.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ablation.tracking.store import store_exists
+from ablation.tracking.writer import KEY_TAG, OUTCOME_TAG, REUSED_TAG
+
+BASE_COLUMNS = ["run_id", "experiment_id", "run_name", "status", "start_time", "end_time"]
+
+
+class RunNotFound(LookupError):
+    """A run id the store does not hold (one line)."""
+
+
+@dataclass
+class RunRecord:
+    """One run as the runner and the tables see it."""
+
+    run_id: str
+    status: str  # MLflow's: FINISHED | FAILED | KILLED | RUNNING | SCHEDULED
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    start_time: int
+    end_time: int | None
+
+    @property
+    def key(self) -> str:
+        return self.tags.get(KEY_TAG, "")
+
+    @property
+    def outcome(self) -> str:
+        """FINISHED | FAILED | PRUNED | KILLED once ended (PRUNED is a KILLED run in MLflow), else the status."""
+        return self.tags.get(OUTCOME_TAG) or self.status
+
+    @property
+    def reason(self) -> str:
+        return self.tags.get("failure_reason") or self.tags.get("end_reason", "")
+
+    @property
+    def reused_from(self) -> str | None:
+        return self.tags.get(REUSED_TAG)
+
+
+def _client(tracking_uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri)
+
+
+def _experiment_ids(client, experiment: str | None) -> list[str]:
+    if experiment is None:
+        return [e.experiment_id for e in client.search_experiments()]  # active ones
+    exp = client.get_experiment_by_name(experiment)
+    return [exp.experiment_id] if exp is not None and exp.lifecycle_stage == "active" else []
+
+
+def runs_frame(tracking_uri: str, experiment: str | None = None, filter_string: str = "") -> pd.DataFrame:
+    """Runs of `experiment` (None: every active experiment) matching `filter_string`, one row per run.
+
+    Columns: run_id, experiment_id, run_name, status, start_time, end_time (ms), then `tags.<name>` and
+    `metrics.<name>` (each metric's last value; NaN where a run lacks it). Params stay in MLflow.
+    """
+    if not store_exists(tracking_uri):
+        return pd.DataFrame(columns=BASE_COLUMNS)
+    client = _client(tracking_uri)
+    ids = _experiment_ids(client, experiment)
+    rows, token = [], None
+    while ids:
+        page = client.search_runs(ids, filter_string=filter_string, max_results=1000, page_token=token)
+        for run in page:
+            row = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
+                   "run_name": run.info.run_name, "status": run.info.status,
+                   "start_time": run.info.start_time or 0, "end_time": run.info.end_time}
+            row.update({f"tags.{k}": v for k, v in run.data.tags.items()})
+            row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
+            rows.append(row)
+        token = page.token
+        if not token:
+            break
+    return pd.DataFrame(rows, columns=None if rows else BASE_COLUMNS)
+
+
+def records_of(frame: pd.DataFrame) -> list[RunRecord]:
+    """The frame's rows as `RunRecord`s (NaN metrics and missing tags left out)."""
+    out = []
+    for row in frame.to_dict("records"):
+        metrics = {k[8:]: float(v) for k, v in row.items()
+                   if k.startswith("metrics.") and v is not None and not (isinstance(v, float) and math.isnan(v))}
+        tags = {k[5:]: str(v) for k, v in row.items() if k.startswith("tags.") and isinstance(v, str)}
+        end = row.get("end_time")
+        out.append(RunRecord(row["run_id"], row["status"], metrics, tags, int(row.get("start_time") or 0),
+                             None if end is None or (isinstance(end, float) and math.isnan(end)) else int(end)))
+    return out
+
+
+def by_key(frame: pd.DataFrame) -> dict[str, RunRecord]:
+    """run key -> the run that represents it: a FINISHED one, else the newest (the one a resume re-opens)."""
+    best: dict[str, RunRecord] = {}
+    for rec in records_of(frame):
+        if not rec.key:
+            continue
+        old = best.get(rec.key)
+        if old is None or (rec.status == "FINISHED", rec.start_time) > (old.status == "FINISHED", old.start_time):
+            best[rec.key] = rec
+    return best
+
+
+def study_runs(tracking_uri: str, experiment: str) -> dict[str, RunRecord]:
+    """run key -> representative run among the study rows (tag role=row) of `experiment`."""
+    return by_key(runs_frame(tracking_uri, experiment, "tags.role = 'row'"))
+
+
+def finished_run(tracking_uri: str, key: str, experiment: str | None = None) -> RunRecord | None:
+    """A FINISHED run of `key`: in `experiment` (links included), or anywhere in the store (None), where
+    only runs that trained (not links to others) count. The oldest, so every link points to one source."""
+    flt = f"tags.{KEY_TAG} = '{key}' and attributes.status = 'FINISHED'"
+    runs = [r for r in records_of(runs_frame(tracking_uri, experiment, flt))
+            if experiment is not None or r.reused_from is None]
+    return min(runs, key=lambda r: (r.start_time, r.run_id)) if runs else None
+
+
+def resumable_run(tracking_uri: str, experiment: str, key: str) -> RunRecord | None:
+    """The newest run of `key` in `experiment` that was interrupted (RUNNING or KILLED, not PRUNED).
+
+    A FAILED run is never resumed: it would fail again at the same point; it is started again instead.
+    """
+    runs = [r for r in records_of(runs_frame(tracking_uri, experiment, f"tags.{KEY_TAG} = '{key}'"))
+            if r.status in ("RUNNING", "KILLED", "SCHEDULED") and r.outcome != "PRUNED"]
+    return max(runs, key=lambda r: (r.start_time, r.run_id)) if runs else None
+
+
+def find_parent(tracking_uri: str, experiment: str, profile: str) -> str | None:
+    """The study's parent run for `profile` (the earliest active one), if any."""
+    flt = f"tags.role = 'study' and tags.profile = '{profile}'"
+    runs = records_of(runs_frame(tracking_uri, experiment, flt))
+    return min(runs, key=lambda r: (r.start_time, r.run_id)).run_id if runs else None
+
+
+def run_active(tracking_uri: str, run_id: str) -> bool:
+    """True when `run_id` exists and is not deleted."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _client(tracking_uri).get_run(run_id).info.lifecycle_stage == "active"
+    except MlflowException:
+        return False
+
+
+def run_records(tracking_uri: str, run_id: str, kind: str) -> list[tuple[int, list | dict]]:
+    """The records of `kind` a run stored (`MlflowHooks.on_records`), as (iteration, records), in order."""
+    import mlflow.artifacts
+
+    client = _client(tracking_uri)
+    if not run_active(tracking_uri, run_id):
+        raise RunNotFound(f"no run {run_id} in {tracking_uri}")
+    names = sorted(f.path for f in client.list_artifacts(run_id, kind) if f.path.endswith(".json"))
+    out = []
+    for name in names:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, tracking_uri=tracking_uri)
+        data = json.loads(Path(local).read_text())
+        out.append((int(data["iteration"]), data["records"]))
+    return out
+
+
+__all__ = ["RunNotFound", "RunRecord", "runs_frame", "records_of", "by_key", "study_runs", "finished_run", "resumable_run",
+           "find_parent", "run_active", "run_records"]

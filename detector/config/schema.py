@@ -1,0 +1,33 @@
+"""The whole run configuration: the shared sections plus `AssignConfig`, assembled from `METHODS`.
+
+`AssignConfig` has the method's name, one section per method of `detector.methods.METHODS` that has a
+config type (section name = method name, e.g. `assign.paa.topk`), and the crowd-ignore threshold that
+every method shares. Adding a method with a config adds its section here without an edit.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from detector.config.sections import DataConfig, InferenceConfig, LossConfig, ModelConfig, TrainConfig
+from detector.methods import METHODS
+
+AssignConfig = dataclasses.make_dataclass(
+    "AssignConfig",
+    [("name", str, field(default="max_iou"))]  # a key of detector.methods.METHODS
+    + [(name, m.config, field(default_factory=m.config)) for name, m in METHODS.items() if m.config is not None]
+    + [("ignore_iof", float, field(default=0.5))],  # anchors covered more than this by a crowd region are ignored
+    namespace={"__module__": __name__,
+               "__doc__": "The label-assignment method (`name`), one section per method config, the crowd rule."},
+)
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    assign: AssignConfig = field(default_factory=AssignConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)

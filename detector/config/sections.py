@@ -1,0 +1,155 @@
+"""The shared config sections: dataclasses with the papers' defaults, importing nothing from `detector`.
+
+Every method's own section (`assign.<method>`) is defined beside its code and joined into `AssignConfig` by
+`detector.config.schema`. Modules that `detector.methods` imports (assigners, losses, anchors) must not import
+anything under `detector.config` at run time: that package assembles `AssignConfig` from `METHODS`, so
+importing it imports them. They name these sections in annotations only (under `TYPE_CHECKING`).
+
+Defaults are the papers' settings (ResNet-50, 800 px, 1x schedule at 16 images per batch); the CPU
+profile lives in `studies/configs/quick.yaml`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SynthConfig:
+    """Options of the embedded synthetic benchmark (see `detector.data.synth`)."""
+
+    train: int = 2000
+    val: int = 500
+    size: int = 320
+    seed: int = 0
+    slender_share: float = 0.15  # share of objects with aspect ratio between 1:3 and 1:8
+    acentric_share: float = 0.25  # share of rings, L-shapes and crescents
+    crowding: float = 0.3  # probability that an image holds a cluster of overlapping objects
+    clutter: float = 0.5  # 0..1, density of unannotated distractor shapes and background texture
+    max_objects: int = 30
+    min_object_size: float = 8.0  # px, smallest sqrt(w*h) of an object's drawn extent
+    max_object_frac: float = 0.6  # largest sqrt(w*h) as a fraction of the image side
+    min_visible: float = 0.4  # every annotated object keeps at least this share of its pixels visible
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are batched."""
+
+    dataset: str = "synth"  # "synth" (generated into the workspace) or "coco" (paths below)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    train_images: str = ""
+    train_json: str = ""
+    val_images: str = ""
+    val_json: str = ""
+    min_size: list[int] = field(default_factory=lambda: [800])  # shorter side; several = multi-scale
+    max_size: int = 1333
+    test_min_size: int = 800
+    flip_prob: float = 0.5
+    crowd: str = "ignore"  # "ignore": crowd boxes become ignore regions; "drop": removed
+    size_divisibility: int = 32
+    num_workers: int = 0
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101 | tiny
+    weights: str = ""  # local state-dict path; empty = random init (nothing is ever downloaded)
+    frozen_bn: bool = False
+    tiny_width: int = 32  # base width of the `tiny` CPU backbone
+
+
+@dataclass
+class AnchorConfig:
+    strides: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
+    octave_base_scale: float = 8.0
+    scales_per_octave: int = 1
+    aspect_ratios: list[float] = field(default_factory=lambda: [1.0])
+    center_offset: float = 0.5  # anchor centre at (i + offset) * stride
+
+
+@dataclass
+class HeadConfig:
+    num_convs: int = 4
+    width: int = 256
+    fpn_width: int = 256
+    norm: str = "gn"  # gn | none
+    gn_groups: int = 32
+    prior_prob: float = 0.01
+    aux: str = "none"  # none | iou | centerness  (extra 1-channel branch on the box tower)
+
+
+@dataclass
+class BoxCoderConfig:
+    weights: list[float] = field(default_factory=lambda: [10.0, 10.0, 5.0, 5.0])
+    clamp: float = 4.135166556742356  # log(1000 / 16), as maskrcnn-benchmark and torchvision
+
+
+@dataclass
+class ModelConfig:
+    num_classes: int = 0  # 0 = taken from the dataset
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    box_coder: BoxCoderConfig = field(default_factory=BoxCoderConfig)
+
+
+@dataclass
+class LossConfig:
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    reg: str = "giou"  # giou | l1
+    reg_weight: float = 1.0
+    reg_iou_weighted: bool = False  # PAA: weight each positive's GIoU loss by its IoU target, normalise by their sum
+    aux_weight: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 90000
+    batch_size: int = 16
+    base_lr: float = 0.01  # learning rate per 16 images (linear scaling rule)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 500
+    warmup_factor: float = 0.001
+    steps: list[float] = field(default_factory=lambda: [0.667, 0.889])  # fractions of `iterations`
+    gamma: float = 0.1
+    grad_clip: float = 0.0  # max L2 norm; 0 = off
+    # The run FAILS when the assigner gives no positive anchor for this many iterations in a row whose
+    # batches hold GTs (0 = never): training without positives learns nothing (PAA's FSR 0.3, Table 1).
+    fail_without_positives: int = 100
+    amp: bool = True  # only on CUDA
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_threads: int = 0  # torch CPU threads; 0 = torch's default
+    flush_denormal: bool = True  # CPU: denormal floats slow convolutions several-fold
+    checkpoint_every: int = 5000
+    log_every: int = 1
+    record_every: int = 100  # iterations between records for figures: positives-per-GT, GMM fits (0 = never)
+    record_gts: int = 8  # GTs sampled per GMM-fit record
+    eval_every: int = 0  # iterations between val evaluations during training (0 = none before the end)
+    eval_at_end: bool = True
+
+
+@dataclass
+class VotingConfig:
+    """Score voting (PAA, Sec. 3.4): kept boxes become score- and IoU-weighted averages of their neighbours."""
+
+    enabled: bool = False
+    sigma: float = 0.025  # both reference codes; one paper version prints 0.0025
+    iou_thresh: float = 0.01  # neighbours: same-class pre-NMS boxes with IoU above this
+
+
+@dataclass
+class InferenceConfig:
+    pre_nms_topk: int = 1000
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    max_detections: int = 100
+    # cls score with the aux branch: none | product | sqrt_product, or auto: the method's own (`Method.score_fusion`)
+    # when the head has an aux branch, else none (`postprocess.resolve_score_fusion`)
+    score_fusion: str = "auto"
+    voting: VotingConfig = field(default_factory=VotingConfig)
