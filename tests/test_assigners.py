@@ -76,7 +76,7 @@ def test_max_iou_hand_computed():
     # Raise the positive threshold: a1 (0.538) falls between thresholds, but is g1's best anchor -> kept.
     r = assign_max_iou(inputs, MaxIoUConfig(pos_iou=0.6, neg_iou=0.4))
     assert r.matched_gt.tolist() == [[0, 1, BG, BG]]
-    r = assign_max_iou(inputs, MaxIoUConfig(pos_iou=0.6, neg_iou=0.4, low_quality=False))
+    r = assign_max_iou(inputs, MaxIoUConfig(pos_iou=0.6, neg_iou=0.4, low_quality="off"))
     assert r.matched_gt.tolist() == [[0, IGNORE, BG, BG]]
 
 
@@ -316,3 +316,27 @@ def test_prediction_dependent_assigners_are_registered_and_refuse_missing_predic
         inputs.cls_logits = inputs.pred_boxes = None
         with pytest.raises(ValueError):
             run(name, inputs)
+
+
+def test_atss_nearest_centres_are_exact_at_large_coordinates():
+    # One level of 60 anchors whose centres lie 20 px + j * 1e-3 px (j shuffled) from a GT centre near
+    # (5000, 5000). The k = 9 nearest by float64 distances (of the same float32 centres) are the reference.
+    from detector.assigners.atss import nearest_anchors
+    from detector.boxes import box_centers
+
+    g = torch.Generator().manual_seed(0)
+    n, k = 60, 9
+    theta = torch.rand(n, generator=g, dtype=torch.float64) * 2 * torch.pi
+    radius = 20 + torch.randperm(n, generator=g).double() * 1e-3
+    centre = torch.tensor([5000.0, 5000.0], dtype=torch.float64)
+    ctr = centre + radius[:, None] * torch.stack([theta.cos(), theta.sin()], 1)
+    anchors = torch.cat([ctr - 4, ctr + 4], 1).float()
+    gt = torch.cat([centre - 10, centre + 10]).float()[None, None]  # (B, M, 4)
+    anchor_ctr, gt_ctr = box_centers(anchors), box_centers(gt)
+
+    exact = (anchor_ctr.double() - gt_ctr[0, 0].double()).norm(dim=1)
+    assert (exact.sort().values.diff()[:k + 1] > 5e-4).all()  # no near-tie at float64 precision
+    ref = set(exact.argsort()[:k].tolist())
+    assert set(nearest_anchors(gt_ctr, anchor_ctr, [n], k)[0, 0].tolist()) == ref
+    by_cdist = torch.cdist(gt_ctr.reshape(1, 1, 2), anchor_ctr[None])[0, 0].topk(k, largest=False).indices
+    assert set(by_cdist.tolist()) != ref  # cdist's default (matrix-product) mode ranks them wrongly

@@ -13,6 +13,11 @@ sklearn_mixture = pytest.importorskip("sklearn.mixture")
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 
 N_MAX = 45  # PAA: at most 9 candidates x 5 levels per GT
+# A true tie: both components give a sample the same posterior up to rounding (|log p0 - log p1| below this),
+# as when EM collapses both onto one mean. Which component sklearn picks is then decided by the last bits of
+# its arithmetic (row 47 of the parity sets: sklearn 1.9.1 says 1 where its exact-tie rule says 0), so parity
+# skips such samples for sklearn, and fit_gmm predicts 0 on them (gmm.LOG_TIE).
+TIE_LOG_POSTERIOR = 1e-9
 WIDE_FG = [0.14, 0.21, 1.15, 1.18, 1.2, 1.22, 1.25, 1.27, 1.3, 1.33, 1.37, 1.59, 1.78, 1.85, 2.36]  # notes 1.5
 
 
@@ -25,16 +30,21 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def sklearn_fit(x: np.ndarray, tol=1e-3, max_iter=100) -> dict:
-    """The official PAA call, fitted on the (n, 1) column x, then predict + score_samples on x."""
+def sklearn_fit(x: np.ndarray, tol=1e-3, max_iter=100, precisions=(1.0, 1.0)) -> dict:
+    """The official PAA call (other initial precisions if given), fitted on the (n, 1) column x, then
+    predict + score_samples on x."""
     gm = sklearn_mixture.GaussianMixture(
-        2, weights_init=[0.5, 0.5], means_init=[[x.min()], [x.max()]], precisions_init=[[[1.0]], [[1.0]]],
+        2, weights_init=[0.5, 0.5], means_init=[[x.min()], [x.max()]],
+        precisions_init=[[[precisions[0]]], [[precisions[1]]]],
         covariance_type="full", tol=tol, reg_covar=1e-6, max_iter=max_iter)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         gm.fit(x[:, None])
+    with np.errstate(divide="ignore"):
+        log_post = np.log(gm.predict_proba(x[:, None]))
     return {"means": gm.means_.ravel(), "variances": gm.covariances_.ravel(), "weights": gm.weights_,
             "predict": gm.predict(x[:, None]), "log_density": gm.score_samples(x[:, None]),
+            "tie": np.abs(log_post[:, 0] - log_post[:, 1]) <= TIE_LOG_POSTERIOR,
             "n_iter": gm.n_iter_, "converged": gm.converged_}
 
 
@@ -74,18 +84,27 @@ def pack(sets, n_cols=N_MAX, seed=0, scatter=False, dtype=torch.float64, fill=0.
     return scores, valid
 
 
-def assert_matches_sklearn(sets, fit, atol=1e-6, **sk_kwargs):
-    pred = fit.predict()
+def assert_matches_sklearn(sets, fit, atol=1e-6, row_kwargs=None, **sk_kwargs) -> list[int]:
+    """Parameters, densities, n_iter and convergence as sklearn's; predictions too, except on true ties
+    (`TIE_LOG_POSTERIOR`). Returns the rows with a tie, each checked to be a collapsed fit (both means equal).
+    `row_kwargs[r]` adds sklearn arguments for row r."""
+    pred, tie_rows = fit.predict(), []
     for r, x in enumerate(sets):
-        ref, v = sklearn_fit(x, **sk_kwargs), fit.valid[r]
+        ref, v = sklearn_fit(x, **sk_kwargs, **(row_kwargs[r] if row_kwargs else {})), fit.valid[r]
         for name in ("means", "variances", "weights"):
             np.testing.assert_allclose(getattr(fit, name)[r].numpy(), ref[name], rtol=0, atol=atol,
                                        err_msg=f"row {r} {name}")
         np.testing.assert_allclose(fit.log_density[r][v].numpy(), ref["log_density"], rtol=0, atol=atol,
                                    err_msg=f"row {r} log_density")
-        np.testing.assert_array_equal(pred[r][v].numpy(), ref["predict"], err_msg=f"row {r} predict")
+        decided = ~ref["tie"]
+        np.testing.assert_array_equal(pred[r][v].numpy()[decided], ref["predict"][decided], err_msg=f"row {r} predict")
+        if ref["tie"].any():
+            tie_rows.append(r)
+            assert (pred[r][v].numpy()[ref["tie"]] == 0).all(), f"row {r}: a tie is component 0 (LOG_TIE)"
+            assert abs(ref["means"][0] - ref["means"][1]) <= 1e-12 * max(1.0, abs(ref["means"][0])), f"row {r} tie"
         assert int(fit.n_iter[r]) == ref["n_iter"], f"row {r} n_iter"
         assert bool(fit.converged[r]) == ref["converged"], f"row {r} converged"
+    return tie_rows
 
 
 def test_parity_with_sklearn_float64():
@@ -93,7 +112,8 @@ def test_parity_with_sklearn_float64():
     fit = fit_gmm(*pack(sets, scatter=True), dtype=torch.float64)
     assert fit.means.dtype == torch.float64 and fit.n_iter.dtype == torch.long
     assert len(set(fit.n_iter.tolist())) > 10  # rows stop at many different iterations
-    assert_matches_sklearn(sets, fit)
+    tie_rows = assert_matches_sklearn(sets, fit)
+    assert len(tie_rows) <= 0.05 * len(sets)  # rare: 11 of the 60 near-identical sets collapse (row 47 differs)
 
 
 @pytest.mark.parametrize("tol,max_iter", [(1e-3, 4), (1e-8, 12)])
@@ -101,7 +121,7 @@ def test_parity_with_sklearn_unconverged(tol, max_iter):
     sets = candidate_sets(seed=1, count=60)
     fit = fit_gmm(*pack(sets), tol=tol, max_iter=max_iter)
     assert (~fit.converged).any() and fit.converged.any()
-    assert_matches_sklearn(sets, fit, tol=tol, max_iter=max_iter)
+    assert len(assert_matches_sklearn(sets, fit, tol=tol, max_iter=max_iter)) <= 0.05 * len(sets)
 
 
 def test_wide_fg_component_covers_both_tails():

@@ -109,6 +109,26 @@ def test_focal_over_classes_equals_torchvision(alpha, gamma):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("num_classes,gamma", [(11, 2.0), (80, 2.0), (80, 1.5)])
+def test_a_pairs_score_does_not_depend_on_what_is_scored_with_it(num_classes, gamma):
+    # Scored alone, in a subset of any size, in any order, across chunk boundaries: the same bits.
+    g = torch.Generator().manual_seed(1)
+    n_pairs = 2 * 2048 + 77
+    logits = torch.randn(500, num_classes, generator=g) * 3 - 2
+    rows, labels = torch.randint(0, 500, (n_pairs,), generator=g), torch.randint(0, num_classes, (n_pairs,), generator=g)
+    box = torch.tensor([0.0, 0.0, 10.0, 10.0])
+    inputs = AssignInputs(anchors=box.expand(500, 4), num_per_level=[500], strides=[8],
+                          gt_boxes=box.expand(1, n_pairs, 4), gt_labels=labels[None],
+                          gt_valid=torch.ones(1, n_pairs, dtype=torch.bool), cls_logits=logits[None],
+                          pred_boxes=(box + torch.rand(500, 4, generator=g) * 3)[None])
+    scorer = AnchorScorer(inputs, rows, torch.arange(n_pairs), PAAConfig(score_focal_gamma=gamma))
+    full = scorer.scores(torch.arange(n_pairs))
+    for size in (1, 2, 3, 5, 7, 17, 31, 33, 100, 2047, 2049, n_pairs):
+        idx = torch.randperm(n_pairs, generator=g)[:size]
+        assert torch.equal(scorer.scores(idx), full[idx]), size
+    assert torch.equal(scorer.scores(torch.arange(n_pairs).flip(0)), full.flip(0))
+
+
 def dense_reference_labels(inputs: AssignInputs, cfg: PAAConfig):
     """Steps 1-3 on dense tensors (per GT and level topk over the whole level), then the same split."""
     b, m = inputs.gt_labels.shape

@@ -88,6 +88,8 @@ def _lines_of(text: str, needle: str) -> int:
     ("both rows and axes", {"axes": {"values": {"assign.atss.topk": [5, 9]}}}, None,
      "give either 'rows' (explicit) or 'axes' (generated)"),
     ("seeds", {"seeds": [0, "one"]}, "seeds:", "seeds: expected a non-empty list of integers"),
+    ("baseline label", {"baseline": "Nope"}, "baseline: Nope",
+     "baseline: no row is labelled 'Nope'; labels: Max IoU, ATSS"),
 ])
 def test_schema_errors_are_one_line_with_file_and_line(tmp_path, case):
     what, edits, needle, expected = case
@@ -242,27 +244,36 @@ def test_table_from_a_real_store(tmp_path, empty_store, monkeypatch):
     table = build_table(study, "smoke", runs_frame(uri, study.name, "tags.role = 'row'"))
     md = render(table, "md", reference=True)
     assert "| Anchor Sep. | AP | AP paper | ΔAP |" in md
-    assert "| Max IoU | 31.0 ± 1.4 | 30.0 | +1.0 | 51.0 ± 1.4 | 50.0 | +1.0 |" in md
-    assert "| ATSS | **40.0*** | - |  | **60.0*** |" in md  # best in bold, one seed of two finished
+    # mean ± 95% half-width over 2 seeds: t(0.975, 1) * stdev / sqrt(2) = 12.706 * 1.414 / 1.414
+    assert "| Max IoU | 31.0 ± 12.7 | 30.0 | +1.0 | 51.0 ± 12.7 | 50.0 | +1.0 |" in md
+    # one seed of two finished: no interval (†), and no bold: ATSS shares one seed with the runner-up
+    assert "| ATSS | 40.0*† | - |  | 60.0*† |" in md
     assert "| FSR (>0.3) | training failed | training failed |" in md
     assert "| Fig.3 (a) | pending |" in md
     assert "* mean over the finished seeds only" in md and "FSR (>0.3): diverged at iteration 2" in md
+    assert "± 95% confidence half-width over the finished seeds (Student t)" in md and "† 1 seed: no interval" in md
+    assert ("no bold in AP, AP50, AP75 (left): the best and the runner-up share fewer than 2 finished seeds"
+            in md) and "**" not in md.split("\n", 1)[1]
     assert md.index("*left*") < md.index("Max IoU") < md.index("*FSR*") < md.index("*right*") < md.index("Fig.3 (a)")
     latex = render(table, "latex")
-    assert r"\textbf{40.0*}" in latex and r"31.0 $\pm$ 1.4" in latex and r"\midrule" in latex
-    assert "<b>40.0*</b>" in render(table, "html")
+    assert r"40.0*$^\dagger$" in latex and r"31.0 $\pm$ 12.7" in latex and r"\midrule" in latex
+    assert r"\textbf" not in latex
+    html = render(table, "html")
+    assert "<td>40.0*†</td>" in html and "<b>" not in html
     csv_text = render(table, "csv", reference=True).splitlines()
-    assert csv_text[1].startswith("left,,Max IoU,done,2,2,31.00,1.41,30.00,1.00")
+    assert csv_text[0].startswith("table,group,label,status,seeds_done,seeds_total,AP,AP_ci95,AP_n,AP_best,AP_paper,")
+    assert csv_text[1].startswith("left,,Max IoU,done,2,2,31.00,12.71,2,0,30.00,1.00")
+    assert csv_text[2].startswith("left,,ATSS,partial,1,2,40.00,,1,0,,")
 
     out = tmp_path / "t.tex"
     result = CliRunner().invoke(app, ["study", "table", str(study.path), "--profile", "smoke", "--format", "latex",
                                       "--out", str(out), "--workspace", str(ws), "--tracking-uri", uri])
     assert result.exit_code == 0, result.output
-    assert r"\textbf{40.0*}" in out.read_text()
+    assert r"40.0*$^\dagger$" in out.read_text()
     assert "tables/smoke.tex" in {a.path for a in client.list_artifacts(parent, "tables")}
     result = CliRunner().invoke(app, ["study", "table", str(study.path), "--profile", "smoke", "--workspace", str(ws),
                                       "--tracking-uri", uri])
-    assert result.exit_code == 0 and "| Max IoU | 31.0 ± 1.4 |" in result.output
+    assert result.exit_code == 0 and "| Max IoU | 31.0 ± 12.7 |" in result.output
 
 
 def test_status_reports_states_from_the_store(tmp_path, empty_store):

@@ -14,6 +14,10 @@ study (or in `anchorlab train`) is reused by linking, not trained again (`run.ex
  3. start N workers (`worker.py`; one per GPU with CUDA_VISIBLE_DEVICES pinned; on CPU, torch threads
     are split `cores // N` per worker without touching the config); show progress; when they exit,
     build the table from MLflow and log it to the parent run.
+
+The table (`_table`, also behind `study_table`) is built from plain data read here: the runs as a
+DataFrame and, when the study names a `baseline`, each finished run's detections matched per image
+against the val annotation file its config resolves to (for the bootstrap over val images).
 """
 from __future__ import annotations
 
@@ -30,11 +34,13 @@ from ablation.execution.worker import WorkerArgs, stop_once, worker_main
 from ablation.processes import HOST, pid_alive
 from ablation.study.expand import StudyRun, expand, spec_hash
 from ablation.study.load import Study
-from ablation.tables.build import build_table
+from ablation.tables.build import Table, build_table
 from ablation.tables.render import EXTENSIONS, FORMATS, render
 from ablation.tracking import reader, writer
 from ablation.tracking.store import ensure_store, resolve_tracking_uri, workspace_dir
 from detector.config import config_to_dict
+from detector.data.build import dataset_paths
+from detector.evaluation.bootstrap import ImageMatches, load_gt, match_detections
 
 PARENT_WAIT_S = 120.0  # how long a launcher waits for the queue's creator to make the parent run
 JOIN_TIMEOUT_S = 30.0
@@ -266,7 +272,7 @@ def run_study(study: Study, profile: str | None = None, settings: RunnerSettings
             display.stop()
     for p in procs:
         p.join()
-    table = build_table(study, profile, reader.runs_frame(uri, study.name, ROWS_FILTER))
+    table = _table(study, profile, uri, ws)
     for fmt in FORMATS:
         writer.log_text(uri, parent, render(table, fmt, reference=True), f"tables/{profile}.{EXTENSIONS[fmt]}")
     entries, _ = plan(study, profile, ws, uri, settings)
@@ -282,11 +288,46 @@ def study_table(study: Study, profile: str | None = None, fmt: str = "md", refer
     profile = profile or study.default_profile()
     expand(study, profile)  # an unknown profile is an error before anything is read
     ws, uri = _targets(workspace, tracking_uri)
-    text = render(build_table(study, profile, reader.runs_frame(uri, study.name, ROWS_FILTER)), fmt, reference)
+    text = render(_table(study, profile, uri, ws), fmt, reference)
     parent = reader.find_parent(uri, study.name, profile)
     if parent:
         writer.log_text(uri, parent, text, f"tables/{profile}.{EXTENSIONS[fmt]}")
     return text
+
+
+def _table(study: Study, profile: str, uri: str, ws: Path) -> Table:
+    frame = reader.runs_frame(uri, study.name, ROWS_FILTER)
+    return build_table(study, profile, frame, per_image_matches(study, profile, frame, uri, ws)
+                       if study.baseline is not None else None)
+
+
+def per_image_matches(study: Study, profile: str, frame, uri: str, ws: Path) -> dict[str, ImageMatches]:
+    """run id -> its detections matched per image (`detector.evaluation.bootstrap`), for each finished run of
+    the profile that kept its detections; the GT is the val annotation file of the run's config. Runs
+    without detections, or whose detections do not fit that file, are left out ("no per-image data")."""
+    records = reader.by_key(frame)
+    gts: dict[Path, dict] = {}
+    out: dict[str, ImageMatches] = {}
+    for run in expand(study, profile):
+        rec = records.get(run.key)
+        if rec is None or rec.status != "FINISHED" or rec.run_id in out:
+            continue
+        try:
+            detections = reader.run_detections(uri, rec.run_id)
+        except reader.RunNotFound:  # the source of a link run was deleted
+            continue
+        if detections is None:
+            continue
+        gt_path = dataset_paths(run.config, ws)["val_json"]
+        if not gt_path.is_file():
+            continue
+        if gt_path not in gts:
+            gts[gt_path] = load_gt(gt_path)
+        try:
+            out[rec.run_id] = match_detections(gts[gt_path], detections)
+        except ValueError:  # detections of images the val file lacks: another val set
+            continue
+    return out
 
 
 def _stop(procs) -> None:
@@ -317,4 +358,4 @@ def _drain(events, display, timeout: float) -> None:
 
 
 __all__ = ["RunnerSettings", "PlanEntry", "StudyResult", "plan", "format_plan", "count_states", "reconcile",
-           "study_item", "run_study", "study_table", "prepare_parent"]
+           "study_item", "run_study", "study_table", "prepare_parent", "per_image_matches"]

@@ -19,7 +19,7 @@ from ablation.execution.queue import WorkQueue
 from ablation.execution.run import RunSpec, execute
 from ablation.tracking import reader
 from ablation.tracking.writer import one_line, record_failure
-from detector.config import build_config
+from detector.config import ConfigError, build_config
 from detector.engine.hooks import TrainHooks
 
 MAX_CONSECUTIVE_ERRORS = 3  # a worker whose runs keep failing outside training stops
@@ -126,7 +126,12 @@ def run_item(q: WorkQueue, claim, args: WorkerArgs, emit) -> bool:
         q.finish(claim, TrialState.PRUNED, f"already {rec.outcome.lower()}")
         emit("skip", key=key, state=rec.outcome.lower())
         return True
-    config = build_config(item["config"])
+    try:
+        config = build_config(item["config"])
+    except ConfigError as exc:  # enqueued by another version of anchorlab whose config no longer validates
+        q.finish(claim, TrialState.FAIL, f"invalid config: {exc}")
+        emit("end", key=key, status="FAILED", reason=f"invalid config: {exc}", ap=None)
+        return True
     spec = RunSpec(config, item["run_name"], args.experiment, args.parent_run_id, item["tags"],
                    reuse=True, resume=True)
     emit("start", key=key, total=config.train.iterations)

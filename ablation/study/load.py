@@ -15,7 +15,8 @@ one-line errors come back prefixed with the study file, the line and the key tha
 
 Schema (top level):  name, description, paper {title, table, file}, base (path or inline config),
 overrides, rows | axes, seeds, profiles {NAME: {configs, overrides, seeds, description}}, metrics,
-layout [{title, label_header, label_columns, rows | groups [{title, rows}]}].
+layout [{title, label_header, label_columns, rows | groups [{title, rows}]}], baseline (a row label: the
+table adds every other row's AP difference to it, with intervals over seeds and over val images).
 A row: {label, base, overrides, reference ({METRIC: value} or "training failed"), cells}.
 Axes: {values {dotted.key: [..]}, mode grid|zip, label "K={assign.paa.topk}", reference {label: ..}}.
 Paths are relative to the study file, else to the repository root. Exponent numbers (1e-4, 1.0e12)
@@ -35,7 +36,7 @@ from detector.evaluation.coco_eval import STAT_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOP_KEYS = ("name", "description", "paper", "base", "overrides", "rows", "axes", "seeds", "profiles",
-            "metrics", "layout")
+            "metrics", "layout", "baseline")
 ROW_KEYS = ("label", "base", "overrides", "reference", "cells")
 AXES_KEYS = ("values", "mode", "label", "reference")
 PROFILE_KEYS = ("description", "configs", "overrides", "seeds")
@@ -94,6 +95,7 @@ class Study:
     common_lines: dict[str, int] = field(default_factory=dict)  # their dotted keys -> line
     warnings: dict[str, list[str]] = field(default_factory=dict)  # profile -> messages (filled by expansion)
     runs: dict[str, list] = field(default_factory=dict)  # profile -> [expand.StudyRun] (filled by expansion)
+    baseline: str | None = None  # the row label other rows are compared with (no comparison when None)
 
     def default_profile(self) -> str:
         if "paper" in self.profiles:
@@ -323,6 +325,17 @@ def _parse_layout(ctx: Ctx, raw: dict, rows: list[Row]) -> list[LayoutPart]:
     return parts
 
 
+def _parse_baseline(ctx: Ctx, raw: dict, rows: list[Row]) -> str | None:
+    if raw.get("baseline") is None:
+        return None
+    label, line = raw["baseline"], line_of(raw, "baseline")
+    ctx.expect(label, (str, int, float), line, "baseline", "a row label")
+    labels = [r.label for r in rows]
+    if str(label) not in labels:
+        raise ctx.error(line, "baseline", f"no row is labelled '{label}'; labels: {', '.join(labels)}")
+    return str(label)
+
+
 def parse_study(path: str | Path) -> Study:
     """Parse and validate a study file's schema; `expand.load_study` also resolves every run; raise `StudyError`."""
     path = Path(path)
@@ -357,7 +370,8 @@ def parse_study(path: str | Path) -> Study:
         seen[row.label] = row.index
     seeds = _parse_seeds(ctx, raw["seeds"], line_of(raw, "seeds"), "seeds") if "seeds" in raw else [0]
     return Study(path, name, str(raw.get("description") or ""), {k: str(v) for k, v in paper.items()}, rows,
-                 seeds, _parse_profiles(ctx, raw), metrics, _parse_layout(ctx, raw, rows), common, common_lines)
+                 seeds, _parse_profiles(ctx, raw), metrics, _parse_layout(ctx, raw, rows), common, common_lines,
+                 baseline=_parse_baseline(ctx, raw, rows))
 
 
 __all__ = ["Study", "Row", "Profile", "LayoutPart", "StudyError", "parse_study", "DEFAULT_METRICS", "FAILED_REFERENCE"]

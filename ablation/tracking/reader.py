@@ -1,4 +1,5 @@
-"""Everything anchorlab reads from MLflow: runs as a pandas DataFrame, and records back from their JSON.
+"""Everything anchorlab reads from MLflow: runs as a pandas DataFrame, records back from their JSON, and a
+run's detections (its final evaluation's COCO results).
 
 `runs_frame` is the one query; the rest are views of it (pure functions over the frame, usable by
 tables and reports without MLflow) or small lookups built on it. Read-only: a missing SQLite store
@@ -6,8 +7,11 @@ reads as empty and is not created.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +21,7 @@ from ablation.tracking.store import store_exists
 from ablation.tracking.writer import KEY_TAG, OUTCOME_TAG, REUSED_TAG
 
 BASE_COLUMNS = ["run_id", "experiment_id", "run_name", "status", "start_time", "end_time"]
+DETECTIONS_ARTIFACT = "eval/detections.json"  # what `MlflowHooks.on_eval` keeps of the final evaluation
 
 
 class RunNotFound(LookupError):
@@ -173,5 +178,46 @@ def run_records(tracking_uri: str, run_id: str, kind: str) -> list[tuple[int, li
     return out
 
 
+def run_detections(tracking_uri: str, run_id: str) -> list[dict] | None:
+    """The COCO results of a run's final evaluation (artifact `eval/detections.json`), read from the run that
+    trained it: a link run (tag `reused_from`) has them with its source. None when that run kept none."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    seen = {run_id}
+    while True:
+        try:
+            source = client.get_run(run_id).data.tags.get(REUSED_TAG)
+        except MlflowException:
+            raise RunNotFound(f"no run {run_id} in {tracking_uri}") from None
+        if not source or source in seen:
+            break
+        run_id = source
+        seen.add(run_id)
+    folder = DETECTIONS_ARTIFACT.rpartition("/")[0]
+    if DETECTIONS_ARTIFACT not in {f.path for f in client.list_artifacts(run_id, folder)}:
+        return None
+    with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=DETECTIONS_ARTIFACT, dst_path=tmp,
+                                                    tracking_uri=tracking_uri)
+        return json.loads(Path(local).read_text())
+
+
+@contextlib.contextmanager
+def _no_progress_bar():
+    """MLflow draws a download bar on stderr per artifact unless its documented switch says no."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    old = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
 __all__ = ["RunNotFound", "RunRecord", "runs_frame", "records_of", "by_key", "study_runs", "finished_run", "resumable_run",
-           "find_parent", "run_active", "run_records"]
+           "find_parent", "run_active", "run_records", "run_detections", "DETECTIONS_ARTIFACT"]

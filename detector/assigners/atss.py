@@ -1,7 +1,10 @@
 """ATSS: adaptive training sample selection (Zhang et al., CVPR 2020, Alg. 1), batched.
 
 1. Per level and GT, the k anchors whose centres are closest to the GT centre are candidates
-   (k = topk x anchors per location, as the official code, capped by the level's size).
+   (k = topk x anchors per location, capped by the level's size). The "x anchors per location" follows
+   the later commits of the official sfzhang15/ATSS; its first release, the copy in kkhoot/PAA and
+   mmdetection's `ATSSAssigner` take plain topk (REFERENCE_NOTES 8.3). With one anchor per location,
+   the ATSS setting, all agree. Distances are exact (`nearest_anchors`).
 2. Threshold per GT = mean + unbiased std of the candidates' IoUs (torch.std, as both references).
 3. Positive = candidate with IoU >= threshold whose centre lies strictly inside the GT
    (more than `center_eps` pixels from every side).
@@ -13,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from detector.assigners.base import BG, AssignInputs, AssignResult, empty_result
 from detector.boxes import batched_box_iou, box_centers, point_box_distances
@@ -24,6 +28,26 @@ class ATSSConfig:
 
     topk: int = 9
     center_eps: float = 0.01  # anchor centre must lie more than this many pixels inside the GT
+
+
+def nearest_anchors(gt_ctr: Tensor, anchor_ctr: Tensor, num_per_level: list[int], k_per_level: int) -> Tensor:
+    """Step 1: indices (B, M, K) of the min(k, level size) anchors of each level nearest to each GT centre.
+
+    gt_ctr (B, M, 2) and anchor_ctr (A, 2) in pixels. Ranks by the squared distance from direct differences,
+    dx^2 + dy^2 (the order of the references' sqrt of it), never by |x|^2 + |y|^2 - 2xy: that form, which
+    `torch.cdist` uses above 25 points, loses ~1e-3 px in float32 at image coordinates and swaps the k-th
+    and (k+1)-th nearest anchors when they are that close (REFERENCE_NOTES 8.1).
+    """
+    out, start = [], 0
+    for n in num_per_level:
+        k = min(k_per_level, n)
+        if k > 0:
+            ctr = anchor_ctr[start:start + n]
+            dx = gt_ctr[..., 0:1] - ctr[:, 0]  # (B, M, n)
+            dist2 = dx.square_().add_((gt_ctr[..., 1:2] - ctr[:, 1]).square_())
+            out.append(dist2.topk(k, dim=2, largest=False).indices + start)
+        start += n
+    return torch.cat(out, dim=2) if out else gt_ctr.new_zeros(*gt_ctr.shape[:2], 0, dtype=torch.long)
 
 
 @torch.no_grad()
@@ -47,16 +71,7 @@ def assign_atss(inputs: AssignInputs, cfg: ATSSConfig) -> AssignResult:
     iou = batched_box_iou(inputs.gt_boxes, inputs.anchors)  # (B, M, A)
     anchor_ctr = box_centers(inputs.anchors)  # (A, 2)
     gt_ctr = box_centers(inputs.gt_boxes)  # (B, M, 2)
-    dist = torch.cdist(gt_ctr.reshape(b * m, 1, 2), anchor_ctr[None].expand(b * m, -1, -1)).reshape(b, m, a)
-
-    candidates, start = [], 0
-    for n in inputs.num_per_level:
-        k = min(cfg.topk * inputs.anchors_per_location, n)
-        if k > 0:
-            idx = dist[:, :, start:start + n].topk(k, dim=2, largest=False).indices
-            candidates.append(idx + start)
-        start += n
-    cand = torch.cat(candidates, dim=2)  # (B, M, K)
+    cand = nearest_anchors(gt_ctr, anchor_ctr, inputs.num_per_level, cfg.topk * inputs.anchors_per_location)  # (B, M, K)
     cand_iou = iou.gather(2, cand)
     thresh = cand_iou.mean(dim=2, keepdim=True) + cand_iou.std(dim=2, keepdim=True)  # NaN for K = 1: no positive
     is_pos = cand_iou >= thresh

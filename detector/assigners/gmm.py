@@ -10,8 +10,12 @@ The procedure is the one of `GaussianMixture(2, weights_init=[.5, .5], means_ini
 precisions_init=[[[1.]], [[1.]]], covariance_type='full', tol, reg_covar, max_iter)` in
 scikit-learn 1.9 (`mixture/_base.py::fit_predict`, `_gaussian_mixture.py`), row by row:
 
-1. Initialise: component 0 at the row's minimum valid score, component 1 at its maximum,
-   precisions 1, weights 0.5 / 0.5. (With all three `*_init` given sklearn runs no k-means.)
+1. Initialise: component 0 at the row's minimum valid score, component 1 at its maximum, weights
+   0.5 / 0.5, and variances by `init`: "official", 1 (PAA's precisions_init 1, whatever the score
+   scale); "data", each component the (population) variance of the scores on its side of the
+   midpoint (min + max) / 2 (ties to component 0), plus reg_covar: the variances one hard k-means
+   step from the two means would give. sklearn given these as `precisions_init` (1 / variance) runs
+   the same EM. (With all three `*_init` given sklearn runs no k-means.)
 2. For it = 1..max_iter:
    a. E-step at the current parameters: per-component log N(x | mu, var) via the precision
       Cholesky 1/sqrt(var), plus log weight; log p(x) by log-sum-exp; log responsibilities.
@@ -22,7 +26,8 @@ scikit-learn 1.9 (`mixture/_base.py::fit_predict`, `_gaussian_mixture.py`), row 
       the parameters of this M-step (one M-step after the likelihood stalled), else continue.
       The first iteration never converges (previous bound = -inf).
 3. A final E-step at the kept parameters gives `predict` (argmax, ties -> 0) and
-   `score_samples` (log p(x)), exactly what sklearn's `fit(x)` then `predict(x)` return.
+   `score_samples` (log p(x)), what sklearn's `fit(x)` then `predict(x)` return; a tie is any
+   posterior difference within `LOG_TIE` (rounding), where sklearn's own answer is rounding noise.
 
 Rows are independent: a converged row is frozen (its parameters, n_iter and flags no longer
 change) while the others continue, so each row equals its own sklearn fit. The Python loop is
@@ -50,6 +55,13 @@ from torch import Tensor
 
 LOG_2PI = math.log(2 * math.pi)
 EPS_FACTOR = 10  # sklearn adds 10 * finfo(dtype).eps to every nk
+# Two log-probabilities within this of each other are tied: a sample's two log posteriors (then `predict`
+# gives component 0, as sklearn's argmax on an exact tie), or two candidates' log densities (PAA's peak is
+# then the first). Such ties are rounding, not data: when both components coincide (near-identical scores)
+# the posteriors differ by ~1e-13 in float64, and which side rounding falls on differs between
+# implementations and versions. Below float32's resolution: a float32 fit has only exact ties.
+LOG_TIE = 1e-9
+GMM_INITS = ("official", "data")  # the initial variances: 1, or from the scores (step 1 above)
 
 
 @dataclass
@@ -64,8 +76,9 @@ class GMMFit:
     valid: Tensor  # (G, N) bool, the mask the fit was computed with
 
     def predict(self) -> Tensor:
-        """(G, N) long component index (argmax of posteriors, ties -> 0 as sklearn); -1 on invalid."""
-        comp = (self.posteriors[..., 1] > self.posteriors[..., 0]).long()
+        """(G, N) long component index: 1 where log p1 - log p0 > `LOG_TIE`, else 0 (argmax of the
+        posteriors, ties -> 0 as sklearn's); -1 on invalid."""
+        comp = (self.posteriors[..., 1] > self.posteriors[..., 0] * (1.0 + LOG_TIE)).long()
         return torch.where(self.valid, comp, torch.full_like(comp, -1))
 
 
@@ -91,6 +104,15 @@ def _m_step(x: Tensor, resp: Tensor, reg_covar: float) -> Tensor:
     return torch.stack([means, variances, nk / nk.sum(-1, keepdim=True)])
 
 
+def _data_variances(x: Tensor, valid: Tensor, lo: Tensor, hi: Tensor, reg_covar: float) -> Tensor:
+    """(G,N,1) samples, (G,N) mask, row min / max (G,) -> (G,2) variance of each side of the midpoint + reg_covar."""
+    upper = valid & (x[..., 0] > ((lo + hi) / 2).unsqueeze(1))
+    sides = torch.stack([valid & ~upper, upper], 2).to(x.dtype)  # (G, N, 2) hard responsibilities
+    count = sides.sum(1).clamp_(min=1)
+    mean = (sides * x).sum(1).div_(count)
+    return (sides * (x - mean.unsqueeze(1)).square_()).sum(1).div_(count).add_(reg_covar)
+
+
 @torch.no_grad()
 def fit_gmm(
     scores: Tensor,
@@ -99,6 +121,7 @@ def fit_gmm(
     max_iter: int = 100,
     reg_covar: float = 1e-6,
     dtype: torch.dtype | None = None,
+    init: str = "official",
     *,
     check_every: int = 1,
 ) -> GMMFit:
@@ -110,6 +133,7 @@ def fit_gmm(
         tol, max_iter, reg_covar: sklearn's `GaussianMixture` arguments (PAA uses the defaults).
         dtype: computation and output dtype, float32 or float64; default: `scores.dtype` when it
             is one of those, else float32. sklearn's eps in the M-step follows this dtype.
+        init: the initial variances, "official" (1) or "data" (step 1 of the module doc).
         check_every: iterations between host syncs for the early exit; never changes a result.
     Returns:
         GMMFit; component 0 starts at the row minimum (PAA's foreground component).
@@ -123,6 +147,8 @@ def fit_gmm(
         dtype = scores.dtype if scores.dtype in (torch.float32, torch.float64) else torch.float32
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    if init not in GMM_INITS:
+        raise ValueError(f"init '{init}' is not one of {', '.join(GMM_INITS)}")
     num_cols = scores.shape[1]
     if num_cols == 0:  # one masked column keeps the reductions below well defined
         scores, valid = scores.new_zeros(scores.shape[0], 1), valid.new_zeros(valid.shape[0], 1)
@@ -139,7 +165,9 @@ def fit_gmm(
     lo = torch.where(valid, x, inf).amin(1)
     hi = torch.where(valid, x, -inf).amax(1)
     means = torch.where(active.unsqueeze(1), torch.stack([lo, hi], 1), 0)
-    params = torch.stack([means, torch.ones_like(means), torch.full_like(means, 0.5)])  # (3, G, 2)
+    variances = _data_variances(x3, valid, lo, hi, reg_covar) if init == "data" else torch.ones_like(means)
+    variances = torch.where(active.unsqueeze(1), variances, 1.0)
+    params = torch.stack([means, variances, torch.full_like(means, 0.5)])  # (3, G, 2)
     n_iter = torch.zeros_like(n)
     converged = ~active
     # The working set: rows still iterating. Finished rows are frozen, so they leave it (and are written

@@ -9,9 +9,10 @@
    first-matched to it.
    Candidate sets of different GTs are disjoint, so GTs never compete for an anchor.
 4. A 2-component 1-D GMM per GT by EM (`fit_gmm`, from `gmm`; all GTs at once), component 0 started at the
-   lowest score (foreground).
+   lowest score (foreground), in float64 as the official code's scikit-learn 0.2x (`gmm_float64`).
 5. Separation (Fig. 3), on candidates sorted by score; the fg (bg) peak is the fg (bg)-component
-   candidate with the highest mixture log-density:
+   candidate with the highest mixture log-density (the first of those within `gmm.LOG_TIE` of it: on
+   near-identical scores both components coincide and only rounding would choose, REFERENCE_NOTES 1.6):
    a: positives = fg component (fg posterior >= bg posterior); other candidates negative;
    b: positives = prefix up to the fg peak; negatives from the bg peak on; ignore in between;
    c: positives = prefix up to the fg peak; other candidates negative (official default);
@@ -36,7 +37,7 @@ import torch
 from torch import Tensor
 
 from detector.assigners.base import BG, IGNORE, AssignInputs, AssignResult, empty_result
-from detector.assigners.gmm import GMMFit, fit_gmm  # public here too: detector.assigners.paa.fit_gmm
+from detector.assigners.gmm import LOG_TIE, GMMFit, fit_gmm  # public here too: detector.assigners.paa.fit_gmm
 from detector.assigners.paa_candidates import INF, level_groups, candidate_rows, needed_scores
 from detector.assigners.paa_config import PAAConfig  # public here too: the config beside its assigner
 from detector.assigners.paa_details import PAADetails
@@ -80,10 +81,11 @@ def first_matched_anchors(inputs: AssignInputs, cfg: PAAConfig) -> tuple[Tensor,
 
 
 def _first_argmax(values: Tensor, mask: Tensor) -> Tensor:
-    """(G, N) -> (G,) first position of the maximum of `values` where `mask`; -1 for rows without any."""
+    """(G, N) log densities -> (G,) first position of their maximum where `mask`, values within `LOG_TIE`
+    of it counting as the maximum (rounding ties); -1 for rows without any."""
     v = values.masked_fill(~mask, -INF)
     best = v.amax(dim=1, keepdim=True)
-    hit = mask & (v == best)
+    hit = mask & (v >= best - LOG_TIE)
     pos = torch.arange(values.shape[1], device=values.device).expand_as(values)
     first = torch.where(hit, pos, values.shape[1]).amin(dim=1)
     return torch.where(mask.any(dim=1), first, torch.full_like(first, -1))
@@ -135,7 +137,7 @@ def split_candidates(s: Tensor, v: Tensor, cfg: PAAConfig) -> tuple[Tensor, Tens
         return v & (torch.exp(-s.masked_fill(~v, INF)) > cfg.fsr), torch.zeros_like(v), None
     dtype = torch.float64 if cfg.gmm_float64 else torch.float32
     fit = fit_gmm(s.masked_fill(~v, 0.0), v, tol=cfg.gmm_tol, max_iter=cfg.gmm_max_iter,
-                  reg_covar=cfg.gmm_reg_covar, dtype=dtype)
+                  reg_covar=cfg.gmm_reg_covar, dtype=dtype, init=cfg.gmm_init)
     pos, ignore = separate(fit, v, cfg)
     return pos, ignore, fit
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from detector.assigners.gmm import GMM_INITS
+
 
 @dataclass
 class PAAConfig:
@@ -21,7 +23,10 @@ class PAAConfig:
     gmm_tol: float = 1e-3
     gmm_max_iter: int = 100
     gmm_reg_covar: float = 1e-6
-    gmm_float64: bool = False
+    # EM in float64, as the official code's (scikit-learn 0.2x); in float32, rounding decides the fits of
+    # near-identical scores (REFERENCE_NOTES 8.4)
+    gmm_float64: bool = True
+    gmm_init: str = "official"  # one of GMM_INITS: variances 1 (precisions_init 1) or from the scores (gmm.fit_gmm)
 
     def check(self) -> None:
         """Raise ValueError (one line, naming the field) for settings PAA cannot run with."""
@@ -29,6 +34,8 @@ class PAAConfig:
             raise ValueError(f"separation '{self.separation}' is not one of a, b, c, d")
         if self.edge_cases not in ("official", "mmdet"):
             raise ValueError(f"edge_cases '{self.edge_cases}' is not one of official, mmdet")
+        if self.gmm_init not in GMM_INITS:
+            raise ValueError(f"gmm_init '{self.gmm_init}' is not one of {', '.join(GMM_INITS)}")
         if not 0.0 < self.iou_thresh <= 1.0:  # an anchor overlapping no GT (IoU 0) is never first-matched
             raise ValueError(f"iou_thresh must be in (0, 1], got {self.iou_thresh}")
         if self.topk < 1 or self.gmm_max_iter < 1 or self.fnp < 0 or self.fsr < 0:

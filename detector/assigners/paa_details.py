@@ -45,7 +45,13 @@ def _fitted(result: AssignResult) -> PAADetails | None:
 
 
 def paa_summary(result: AssignResult) -> dict[str, float]:
-    """Batch means of the fitted GMM parameters over GTs with >= 2 candidates (empty without GMM fits)."""
+    """Batch means of the fitted GMM parameters over GTs with >= 2 candidates (empty without GMM fits).
+
+    Whether the GMM separates anything is measured, not assumed: `paa/gmm_degenerate_share` is the share of
+    fits whose two means lie closer than the smaller standard deviation (|mu_fg - mu_bg| < min(std), no
+    separation: the positives are then a prefix up to the mixture's densest candidate, REFERENCE_NOTES 8.7),
+    and `paa/gmm_em_iters` the mean number of EM iterations per fit.
+    """
     paa = _fitted(result)
     if paa is None:
         return {}
@@ -54,6 +60,8 @@ def paa_summary(result: AssignResult) -> dict[str, float]:
     if not rows.any():
         return {}
     stds = fit.variances[rows].sqrt()
+    means = fit.means[rows]
+    degenerate = (means[:, 0] - means[:, 1]).abs() < stds.amin(1)
     n_pos = (paa.positive[rows]).sum(1).float()
     return {
         "paa/gmm_fg_mean": fit.means[rows, 0].mean().item(), "paa/gmm_bg_mean": fit.means[rows, 1].mean().item(),
@@ -62,6 +70,8 @@ def paa_summary(result: AssignResult) -> dict[str, float]:
         "paa/candidates_per_gt": valid[rows].sum(1).float().mean().item(),
         "paa/positives_per_fitted_gt": n_pos.mean().item(),
         "paa/gmm_converged": fit.converged[rows].float().mean().item(),
+        "paa/gmm_degenerate_share": degenerate.float().mean().item(),
+        "paa/gmm_em_iters": fit.n_iter[rows].float().mean().item(),
     }
 
 

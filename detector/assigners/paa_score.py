@@ -6,7 +6,6 @@ box, GT)), lower is better; the official code's "combined loss" with w = `score_
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from detector.assigners.base import AssignInputs
@@ -15,27 +14,54 @@ from detector.boxes import aligned_giou
 
 SCORE_CHUNK = 2048  # anchors scored at once; a speed knob only, results do not depend on it
 
+# Every value here is a function of its own anchor's logits alone, bit for bit, whatever else is scored in the
+# same call (so `needed_scores`, which scores a subset, gives exactly the scores of `anchor_scores`). Two kinds
+# of CPU kernel break that (torch 2.14): torch.sigmoid, softplus and pow run vector code on most of a tensor
+# and a scalar loop, which rounds differently, on its tail, so a value depends on its position; and a row
+# reduction (sum, vecdot) may vectorise across rows, so its order depends on the number of rows. Hence only
+# exp and log1p (vector code to the last element), correctly rounded arithmetic and a summation tree fixed by
+# C below (tests/test_paa_sparse.py checks a pair's score alone, in subsets and across chunks).
 
-def _sigmoid_pow(x: Tensor, gamma: float) -> Tensor:
-    p = torch.sigmoid(x)
-    return p.mul_(p) if gamma == 2.0 else p.pow_(gamma)
+
+def _softplus_pair(x: Tensor) -> tuple[Tensor, Tensor]:
+    """x -> (softplus(x), softplus(-x)) = (relu(x) + log1p(exp(-|x|)), relu(-x) + log1p(exp(-|x|)))."""
+    tail = x.abs().neg_().exp_().log1p_()
+    return x.clamp(min=0).add_(tail), x.neg().clamp_(min=0).add_(tail)
+
+
+def _neg_term(x: Tensor, gamma: float) -> Tensor:
+    """Logits -> neg(x) = sigmoid(x)^g softplus(x), elementwise, with sigmoid(x)^g = exp(-g softplus(-x))
+    (any g >= 0, without pow)."""
+    sp, sp_neg = _softplus_pair(x)
+    return sp_neg.mul_(-gamma).exp_().mul_(sp)
+
+
+def _row_sum(t: Tensor) -> Tensor:
+    """(P, C) -> (P,) sums over C by a pairwise tree fixed by C alone (elementwise adds of column halves)."""
+    while t.shape[1] > 1:
+        half = t.shape[1] // 2
+        s = t[:, :half] + t[:, half:2 * half]
+        t = torch.cat([s, t[:, 2 * half:]], 1) if t.shape[1] % 2 else s
+    return t[:, 0] if t.shape[1] else t.new_zeros(t.shape[0])
 
 
 def _neg_sum(logits: Tensor, rows: Tensor, gamma: float) -> Tensor:
     """(P,) sum over classes of sigmoid(x)^g softplus(x) for logits[rows], in chunks of `SCORE_CHUNK` rows:
     they stay in cache, where a whole batch's (P, C) temporaries would cost more in fresh-memory page
-    faults than in arithmetic. Each row's value does not depend on the chunk it is in."""
+    faults than in arithmetic. Each row's value does not depend on the chunk it is in, nor on its place there."""
     total = torch.empty(len(rows), device=logits.device)
     for lo in range(0, len(rows), SCORE_CHUNK):
         x = logits.index_select(0, rows[lo:lo + SCORE_CHUNK]).float()
-        total[lo:lo + SCORE_CHUNK] = torch.linalg.vecdot(_sigmoid_pow(x, gamma), F.softplus(x))
+        total[lo:lo + SCORE_CHUNK] = _row_sum(_neg_term(x, gamma))
     return total
 
 
 def _target_terms(x: Tensor, alpha: float, gamma: float) -> tuple[Tensor, Tensor]:
-    """GT-class logits (P,) -> neg(x_y) and a pos(x_y), the target class's two focal terms."""
-    return (_sigmoid_pow(x, gamma).mul_(F.softplus(x)),
-            _sigmoid_pow(-x, gamma).mul_(F.softplus(-x)).mul_(alpha))
+    """GT-class logits (P,) -> neg(x_y) and a pos(x_y), the target class's two focal terms
+    (pos(x) = sigmoid(-x)^g softplus(-x) = exp(-g softplus(x)) softplus(-x))."""
+    sp, sp_neg = _softplus_pair(x)
+    neg = sp_neg.mul(-gamma).exp_().mul_(sp)
+    return neg, sp.mul_(-gamma).exp_().mul_(sp_neg).mul_(alpha)
 
 
 class AnchorScorer:

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from detector.assigners.max_iou import LOW_QUALITY_RULES
 from detector.config.schema import Config
 from detector.methods import METHODS, SCORE_FUSIONS
 
@@ -30,6 +31,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.head.aux": ("none", "iou", "centerness"),
     "loss.reg": ("giou", "l1"),
     "inference.score_fusion": ("auto", *SCORE_FUSIONS),
+    "assign.max_iou.low_quality": LOW_QUALITY_RULES,
+}
+# Choice fields that were booleans once: YAML 1.1 also reads a bare `off` (and `no`) as false, so a boolean
+# keeps its old meaning rather than failing.
+BOOLEAN_CHOICES: dict[str, dict[bool, str]] = {
+    "assign.max_iou.low_quality": {True: "torchvision", False: "off"},
 }
 
 
@@ -55,7 +62,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            expected = f"one of {', '.join(CHOICES[key])}" if key in CHOICES else "a string"
+            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
         return value
     raise ConfigError(f"{key}: unsupported type {tp}")
 
@@ -74,6 +82,8 @@ def _from_dict(cls: type, data: Any, prefix: str) -> Any:
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _from_dict(tp, value, full)
         else:
+            if isinstance(value, bool) and full in BOOLEAN_CHOICES:
+                value = BOOLEAN_CHOICES[full][value]
             kwargs[key] = _coerce(value, tp, full)
             if full in CHOICES and kwargs[key] not in CHOICES[full]:
                 raise ConfigError(f"{full}: '{value}' is not one of {', '.join(CHOICES[full])}")
