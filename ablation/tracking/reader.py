@@ -171,10 +171,12 @@ def run_records(tracking_uri: str, run_id: str, kind: str) -> list[tuple[int, li
         raise RunNotFound(f"no run {run_id} in {tracking_uri}")
     names = sorted(f.path for f in client.list_artifacts(run_id, kind) if f.path.endswith(".json"))
     out = []
-    for name in names:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, tracking_uri=tracking_uri)
-        data = json.loads(Path(local).read_text())
-        out.append((int(data["iteration"]), data["records"]))
+    with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
+        for name in names:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=tmp,
+                                                        tracking_uri=tracking_uri)
+            data = json.loads(Path(local).read_text())
+            out.append((int(data["iteration"]), data["records"]))
     return out
 
 
