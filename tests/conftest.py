@@ -26,6 +26,17 @@ def tiny_config(**delta):
     return build_config(deep_merge(TINY, delta))
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: tiny tensors on a busy 2-core machine pay milliseconds per OpenMP hand-off."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory) -> Path:
     """The tiny synthetic benchmark, generated once per session (a workspace's data/ folder)."""

@@ -20,14 +20,9 @@ N_MAX = 45  # PAA: at most 9 candidates x 5 levels per GT
 TIE_LOG_POSTERIOR = 1e-9
 WIDE_FG = [0.14, 0.21, 1.15, 1.18, 1.2, 1.22, 1.25, 1.27, 1.3, 1.33, 1.37, 1.59, 1.78, 1.85, 2.36]  # notes 1.5
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: on a busy 2-core machine OpenMP hand-offs cost milliseconds per op.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
 
 
 def sklearn_fit(x: np.ndarray, tol=1e-3, max_iter=100, precisions=(1.0, 1.0)) -> dict:

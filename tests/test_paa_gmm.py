@@ -16,13 +16,9 @@ from tests.test_gmm import TIE_LOG_POSTERIOR, assert_matches_sklearn, candidate_
 
 sklearn_mixture = pytest.importorskip("sklearn.mixture")
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
 
 
 def official_positives(scores: np.ndarray) -> int:
