@@ -171,10 +171,9 @@ def reconcile(q: WorkQueue, runs: list[StudyRun], tracking_uri: str, experiment:
     items = []
     for run in runs:
         rec = records.get(run.key)
-        outcome = rec.outcome if rec else None
-        if run.key in live or outcome == "FINISHED" or (outcome == "FAILED" and not retry_failed):
+        if run.key in live or (rec is not None and rec.settled(retry_failed)):
             continue
-        items.append(study_item(run, retry=outcome == "FAILED"))
+        items.append(study_item(run, retry=rec is not None and rec.outcome == "FAILED"))
     q.enqueue(items)
     return len(items)
 

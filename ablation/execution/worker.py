@@ -83,7 +83,7 @@ def _put_back(q: WorkQueue, items: list[dict], args: WorkerArgs) -> int:
     again = []
     for item in items:
         rec = records.get(item["key"])
-        if rec is None or rec.outcome not in ("FINISHED", "FAILED") or (rec.outcome == "FAILED" and item["retry"]):
+        if rec is None or not rec.settled(item["retry"]):
             again.append(item)
     q.enqueue(again)
     return len(again)
@@ -122,7 +122,7 @@ def run_item(q: WorkQueue, claim, args: WorkerArgs, emit) -> bool:
 
     item, key = claim.item, claim.item["key"]
     rec = reader.study_runs(args.tracking_uri, args.experiment).get(key)
-    if rec is not None and (rec.outcome == "FINISHED" or (rec.outcome == "FAILED" and not item.get("retry"))):
+    if rec is not None and rec.settled(item["retry"]):
         q.finish(claim, TrialState.PRUNED, f"already {rec.outcome.lower()}")
         emit("skip", key=key, state=rec.outcome.lower())
         return True

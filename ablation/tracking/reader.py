@@ -56,6 +56,10 @@ class RunRecord:
     def reused_from(self) -> str | None:
         return self.tags.get(REUSED_TAG)
 
+    def settled(self, retry_failed: bool) -> bool:
+        """Nothing left to run for this key: FINISHED, or FAILED and not to be retried."""
+        return self.outcome == "FINISHED" or (self.outcome == "FAILED" and not retry_failed)
+
 
 def _client(tracking_uri: str):
     from mlflow import MlflowClient
@@ -164,26 +168,16 @@ def run_active(tracking_uri: str, run_id: str) -> bool:
 
 def run_records(tracking_uri: str, run_id: str, kind: str) -> list[tuple[int, list | dict]]:
     """The records of `kind` a run stored (`MlflowHooks.on_records`), as (iteration, records), in order."""
-    import mlflow.artifacts
-
     client = _client(tracking_uri)
     if not run_active(tracking_uri, run_id):
         raise RunNotFound(f"no run {run_id} in {tracking_uri}")
     names = sorted(f.path for f in client.list_artifacts(run_id, kind) if f.path.endswith(".json"))
-    out = []
-    with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
-        for name in names:
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=tmp,
-                                                        tracking_uri=tracking_uri)
-            data = json.loads(Path(local).read_text())
-            out.append((int(data["iteration"]), data["records"]))
-    return out
+    return [(int(data["iteration"]), data["records"]) for data in _read_json(tracking_uri, run_id, names)]
 
 
 def run_detections(tracking_uri: str, run_id: str) -> list[dict] | None:
     """The COCO results of a run's final evaluation (artifact `eval/detections.json`), read from the run that
     trained it: a link run (tag `reused_from`) has them with its source. None when that run kept none."""
-    import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
     client = _client(tracking_uri)
@@ -200,10 +194,20 @@ def run_detections(tracking_uri: str, run_id: str) -> list[dict] | None:
     folder = DETECTIONS_ARTIFACT.rpartition("/")[0]
     if DETECTIONS_ARTIFACT not in {f.path for f in client.list_artifacts(run_id, folder)}:
         return None
+    return _read_json(tracking_uri, run_id, [DETECTIONS_ARTIFACT])[0]
+
+
+def _read_json(tracking_uri: str, run_id: str, names: list[str]) -> list:
+    """The JSON artifacts `names` of a run, parsed, in order (downloaded to a temporary folder, quietly)."""
+    import mlflow.artifacts
+
+    out = []
     with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=DETECTIONS_ARTIFACT, dst_path=tmp,
-                                                    tracking_uri=tracking_uri)
-        return json.loads(Path(local).read_text())
+        for name in names:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=tmp,
+                                                        tracking_uri=tracking_uri)
+            out.append(json.loads(Path(local).read_text()))
+    return out
 
 
 @contextlib.contextmanager
