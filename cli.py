@@ -228,10 +228,30 @@ def _study_errors():
             _fail(str(exc))
 
 
+_SEEDS_HELP = "Seeds to run, e.g. 0 or 0,1,2, instead of the profile's (quick profiles: 0,1,2)."
+
+
+def _load_study(file: Path, profile: Optional[str], seeds: Optional[str]):
+    """The study and the profile name, with `--seeds` applied."""
+    from ablation.study.expand import load_study, with_seeds
+    from ablation.study.source import StudyError
+
+    study = load_study(file)
+    profile = profile or study.default_profile()
+    if seeds is not None:
+        try:
+            values = [int(x) for x in seeds.split(",") if x.strip()]
+        except ValueError:
+            raise StudyError(f"--seeds: expected comma-separated integers, got '{seeds}'") from None
+        study = with_seeds(study, profile, values)
+    return study, profile
+
+
 @study_app.command("run")
 def study_run(
     file: Path = typer.Argument(..., help="Study file, e.g. studies/paa_table2_methods.yaml."),
     profile: Optional[str] = typer.Option(None, help="paper (default), quick (CPU), smoke (tests), or the study's."),
+    seeds: Optional[str] = typer.Option(None, help=_SEEDS_HELP),
     workers: int = typer.Option(1, min=1, help="Local worker processes; CPU threads are split among them."),
     gpus: Optional[str] = typer.Option(None, help="GPU ids, e.g. 0,1: one worker per GPU with CUDA_VISIBLE_DEVICES "
                                        "pinned (instead of --workers)."),
@@ -257,10 +277,8 @@ def study_run(
     with _study_errors():
         from ablation.display.study_progress import ProgressDisplay
         from ablation.execution.launcher import RunnerSettings, format_plan, plan, run_study
-        from ablation.study.expand import load_study
 
-        study = load_study(file)
-        profile = profile or study.default_profile()
+        study, profile = _load_study(file, profile, seeds)
         gpu_ids = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else []
         settings = RunnerSettings(workers=workers, gpus=gpu_ids, retry_failed=retry_failed,
                                   queue_storage=queue_storage, heartbeat_s=heartbeat)
@@ -289,6 +307,7 @@ def study_run(
 def study_status(
     file: Path = typer.Argument(..., help="Study file."),
     profile: Optional[str] = typer.Option(None, help="Profile (default: paper)."),
+    seeds: Optional[str] = typer.Option(None, help=_SEEDS_HELP),
     queue_storage: Optional[str] = typer.Option(None, help=_QUEUE_HELP),
     workspace: Optional[Path] = typer.Option(None, help=_WORKSPACE_HELP),
     tracking_uri: Optional[str] = typer.Option(None, help=_URI_HELP),
@@ -296,10 +315,8 @@ def study_status(
     """Every run of the study with its state (from MLflow) and the workers holding runs now (from the queue)."""
     with _study_errors():
         from ablation.execution.launcher import RunnerSettings, format_plan, plan
-        from ablation.study.expand import load_study
 
-        study = load_study(file)
-        profile = profile or study.default_profile()
+        study, profile = _load_study(file, profile, seeds)
         entries, running = plan(study, profile, workspace, tracking_uri, RunnerSettings(queue_storage=queue_storage))
     typer.echo(format_plan(study, profile, entries))
     for trial in running:
@@ -312,6 +329,7 @@ def study_status(
 def study_table(
     file: Path = typer.Argument(..., help="Study file."),
     profile: Optional[str] = typer.Option(None, help="Profile (default: paper)."),
+    seeds: Optional[str] = typer.Option(None, help=_SEEDS_HELP),
     format_: str = typer.Option("md", "--format", help="md | latex | csv | html"),
     out: Optional[Path] = typer.Option(None, help="Write here instead of stdout."),
     reference: bool = typer.Option(False, "--reference", help="Put the paper's values and our difference beside ours."),
@@ -324,12 +342,12 @@ def study_table(
     """
     with _study_errors():
         from ablation.execution.launcher import study_table as build
-        from ablation.study.expand import load_study
         from ablation.tables.render import FORMATS
 
         if format_ not in FORMATS:
             _fail(f"--format '{format_}' is not one of {', '.join(FORMATS)}")
-        text = build(load_study(file), profile, format_, reference, workspace, tracking_uri)
+        study, profile = _load_study(file, profile, seeds)
+        text = build(study, profile, format_, reference, workspace, tracking_uri)
     if out is None:
         typer.echo(text, nl=False)
     else:

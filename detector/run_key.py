@@ -30,7 +30,7 @@ KEY_VERSION = 2  # 2: ATSS exact centre distances; PAA: order-free anchor scores
 
 # Fields that cannot change a run's result: what it is called, where it runs, how often it reports.
 NOT_RESULT = frozenset({
-    "name", "data.num_workers", "train.device", "train.num_threads", "train.log_every",
+    "name", "data.num_workers", "data.cache_images", "model.channels_last", "train.device", "train.num_threads", "train.log_every",
     "train.checkpoint_every", "train.record_every", "train.record_gts", "train.eval_every", "train.seed",
 })
 COCO_PATHS = ("data.train_images", "data.train_json", "data.val_images", "data.val_json")

@@ -145,6 +145,21 @@ def test_images_without_annotations_are_kept(tmp_path):
     assert batch.ignore_boxes.shape == (2, 0, 4)
 
 
+def test_cached_images_are_decoded_once_and_equal_the_uncached(tmp_path):
+    img_dir, js = write_coco(tmp_path, [ann(2, [1, 2, 3, 4])])
+    plain = CocoDetection(img_dir, js, small_cfg(), train=False)
+    cached = CocoDetection(img_dir, js, small_cfg(cache_images=True), train=False)
+    first = cached.load(1)
+    os.remove(os.path.join(img_dir, "img2.png"))  # a second read would fail: the cache must serve it
+    again = cached.load(1)
+    assert torch.equal(first["image"], again["image"])
+    again["image"].zero_()  # a caller's in-place edit must not reach the cache
+    assert torch.equal(cached.load(1)["image"], first["image"])
+    assert torch.equal(plain.load(0)["image"], cached.load(0)["image"])
+    with pytest.raises(DataError, match="unreadable image"):
+        plain.load(1)
+
+
 # ---------------------------------------------------------------- transforms
 
 

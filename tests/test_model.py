@@ -135,3 +135,39 @@ def test_score_voting_formula():
     assert torch.allclose(voted[0], expected, atol=1e-5)
     cfg = InferenceConfig(voting=VotingConfig(enabled=True))
     assert cfg.voting.sigma == 0.025
+
+
+def test_channels_last_is_the_same_model():
+    from detector.config import HeadConfig
+
+    def build(channels_last):
+        torch.manual_seed(0)
+        cfg = ModelConfig(backbone=BackboneConfig(name="tiny", tiny_width=8), channels_last=channels_last,
+                          head=HeadConfig(num_convs=1, width=16, fpn_width=16, gn_groups=8, aux="iou"))
+        return DenseDetector(cfg, num_classes=3).eval()
+
+    plain, nhwc = build(False), build(True)
+    assert nhwc.backbone.stem[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    nhwc.load_state_dict(plain.state_dict())  # checkpoints move between the two layouts
+    images = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        a, anchors_a, _ = plain(images)
+        b, anchors_b, _ = nhwc(images)
+    assert torch.equal(anchors_a, anchors_b)
+    for x, y in ((a.cls_logits, b.cls_logits), (a.box_deltas, b.box_deltas), (a.aux_logits, b.aux_logits)):
+        assert torch.allclose(x, y, atol=1e-5, rtol=1e-4)
+
+
+def test_tiny_depth_adds_residual_convs_and_keeps_depth_one_state_keys():
+    one = build_backbone(BackboneConfig(name="tiny", tiny_width=8))
+    three = build_backbone(BackboneConfig(name="tiny", tiny_width=8, tiny_depth=3))
+    keys_one, keys_three = set(one.state_dict()), set(three.state_dict())
+    assert keys_one < keys_three  # a depth-1 checkpoint still loads into a depth-1 model: same names
+    assert sum(p.numel() for p in three.parameters()) > sum(p.numel() for p in one.parameters())
+    # receptive field: a pixel change far from the centre reaches C5's centre only with the deeper stages
+    x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    for net, reaches in ((one, False), (three, True)):
+        net.eval()
+        c5 = net(x)[-1]
+        grad, = torch.autograd.grad(c5[0, :, 4, 4].sum(), x)
+        assert bool(grad[0, :, :, :20].abs().sum() > 0) == reaches

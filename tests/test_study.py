@@ -8,7 +8,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from ablation.study.expand import expand, load_study, spec_hash
+from ablation.study.expand import expand, load_study, spec_hash, with_seeds
 from ablation.study.source import StudyError
 from ablation.tables.build import build_table
 from ablation.tables.render import render
@@ -140,6 +140,28 @@ def test_expansion_order_seeds_and_profiles(tmp_path):
         expand(study)
     with pytest.raises(StudyError, match="no profile 'paper'; profiles: smoke, other"):
         expand(study, "paper")
+
+
+def test_seeds_replace_a_profiles_seeds_in_a_copy(tmp_path):
+    from cli import app
+
+    path = write_study(tmp_path, seeds=[0, 1, 2], profiles={"smoke": SMOKE})
+    study = load_study(path)
+    one = with_seeds(study, "smoke", [0])
+    assert [s.seed for s in expand(one, "smoke")] == [0, 0]
+    assert [s.seed for s in expand(study, "smoke")] == [0, 1, 2, 0, 1, 2]  # the original is untouched
+    # the same run keys as the full profile's seed-0 runs: a one-seed run is reused by the three-seed one
+    assert {s.key for s in expand(one, "smoke")} <= {s.key for s in expand(study, "smoke")}
+    assert [s.seed for s in expand(with_seeds(study, "smoke", [5, 3]), "smoke")] == [5, 3, 5, 3]
+    for bad in ([], [1, 1], [-1]):
+        with pytest.raises(StudyError, match="--seeds"):
+            with_seeds(study, "smoke", bad)
+    result = CliRunner().invoke(app, ["study", "run", str(path), "--profile", "smoke", "--seeds", "0,x", "--dry-run",
+                                      "--workspace", str(tmp_path / "ws")])
+    assert result.exit_code != 0 and "--seeds: expected comma-separated integers" in result.output
+    result = CliRunner().invoke(app, ["study", "run", str(path), "--profile", "smoke", "--seeds", "1", "--dry-run",
+                                      "--workspace", str(tmp_path / "ws")])
+    assert result.exit_code == 0 and "2 pending" in result.output, result.output
 
 
 def test_axes_grid_zip_labels_and_references(tmp_path):

@@ -7,6 +7,7 @@ the line of the study file that set the offending key.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -100,6 +101,20 @@ def load_study(path: str | Path) -> Study:
     for profile in study.profiles.values():
         study.runs[profile.name], study.warnings[profile.name] = _expand(ctx, study, profile)
     return study
+
+
+def with_seeds(study: Study, profile: str, seeds: list[int]) -> Study:
+    """`study` with `profile` run over `seeds` instead of its own (a copy; e.g. one seed where three do not
+    fit the time at hand: tables then say "1 seed" rather than inventing an interval)."""
+    if profile not in study.profiles:
+        raise StudyError(f"{study.path}: no profile '{profile}'; profiles: {', '.join(study.profiles)}")
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise StudyError(f"--seeds: expected distinct seeds >= 0, got {seeds}")
+    out = copy.copy(study)
+    out.profiles, out.runs, out.warnings = dict(study.profiles), dict(study.runs), dict(study.warnings)
+    out.profiles[profile] = dataclasses.replace(study.profiles[profile], seeds=list(seeds))
+    out.runs[profile], out.warnings[profile] = _expand(Ctx(study.path), out, out.profiles[profile])
+    return out
 
 
 def expand(study: Study, profile: str | None = None) -> list[StudyRun]:

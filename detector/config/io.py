@@ -30,6 +30,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.head.norm": ("gn", "none"),
     "model.head.aux": ("none", "iou", "centerness"),
     "loss.reg": ("giou", "l1"),
+    "train.optimizer": ("sgd", "adamw"),
+    "train.schedule": ("step", "cosine"),
     "inference.score_fusion": ("auto", *SCORE_FUSIONS),
     "assign.max_iou.low_quality": LOW_QUALITY_RULES,
 }
@@ -167,6 +169,8 @@ def _check(cfg: Config) -> None:
                 raise ConfigError(f"data.{key}: required when data.dataset is 'coco'")
     if cfg.model.head.norm == "gn" and cfg.model.head.width % cfg.model.head.gn_groups:
         raise ConfigError("model.head.width: must be divisible by model.head.gn_groups")
+    if cfg.model.backbone.tiny_width < 1 or cfg.model.backbone.tiny_depth < 1:
+        raise ConfigError("model.backbone.tiny_width and model.backbone.tiny_depth must be >= 1")
     if len(cfg.model.box_coder.weights) != 4:
         raise ConfigError("model.box_coder.weights: expected 4 numbers")
     if not cfg.data.min_size:

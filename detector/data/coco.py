@@ -159,6 +159,7 @@ class CocoDetection(Dataset):
         if len(set(self.image_ids)) != len(self.image_ids):
             raise DataError(f"duplicate image ids in {self.ann_file}")
         self.report = DataReport(images=len(self.image_ids))
+        self._cache: dict[int, np.ndarray] | None = {} if cfg.cache_images else None
         self._parse(coco)
         if train:
             self.transform = TrainTransform(tuple(cfg.min_size), cfg.max_size, cfg.flip_prob, tuple(cfg.mean), tuple(cfg.std))
@@ -212,6 +213,20 @@ class CocoDetection(Dataset):
     def load(self, index: int) -> dict:
         """The untransformed sample: "image" uint8 (3, H, W), "boxes" float32 (n, 4) xyxy original
         pixels, "labels" long (n,), "ignore" float32 (k, 4), "image_id" int."""
+        array = self._cache.get(index) if self._cache is not None else None
+        if array is None:
+            array = self._decode(index)
+            if self._cache is not None:
+                self._cache[index] = array
+        return {
+            "image": torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(),
+            "boxes": torch.from_numpy(self.boxes[index].copy()),
+            "labels": torch.from_numpy(self.labels[index].copy()),
+            "ignore": torch.from_numpy(self.ignore[index].copy()),
+            "image_id": self.image_ids[index],
+        }
+
+    def _decode(self, index: int) -> np.ndarray:
         path, (h, w) = self.paths[index], self.sizes[index]
         try:
             with Image.open(path) as im:
@@ -221,13 +236,7 @@ class CocoDetection(Dataset):
         if array.shape[:2] != (h, w):
             raise DataError(f"image size mismatch: {path} is {array.shape[1]}x{array.shape[0]}, "
                             f"{self.ann_file} says {w}x{h}")
-        return {
-            "image": torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(),
-            "boxes": torch.from_numpy(self.boxes[index].copy()),
-            "labels": torch.from_numpy(self.labels[index].copy()),
-            "ignore": torch.from_numpy(self.ignore[index].copy()),
-            "image_id": self.image_ids[index],
-        }
+        return array
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         """`load(index)` transformed: "image" float32 (3, h', w') normalised, "boxes"/"ignore" in

@@ -27,8 +27,12 @@ class DenseDetector(nn.Module):
         self.fpn = FeaturePyramidNetwork(self.backbone.out_channels, width, extra_blocks=LastLevelP6P7(width, width))
         self.head = DenseHead(cfg.head, num_classes, anchors_per_location(cfg.anchors), len(cfg.anchors.strides))
         self._anchor_cache: dict = {}
+        if cfg.channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def features(self, images: Tensor) -> list[Tensor]:
+        if self.cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         feats = self.backbone(images)
         pyramid = self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
         return list(pyramid.values())
