@@ -4,7 +4,8 @@ backbone + FPN forward, head forward, assignment, losses, backward, optimizer st
     python bench/step_breakdown.py -c studies/configs/atss.yaml -c studies/configs/quick.yaml
     python bench/step_breakdown.py -c studies/configs/paa.yaml -c studies/configs/quick.yaml --threads 1
     python bench/step_breakdown.py ... --set data.min_size=[256] --set model.head.width=32   # a lever
-    python bench/step_breakdown.py ... --channels-last        # NHWC convolutions
+    python bench/step_breakdown.py ... --channels-last        # NHWC convolutions (= --set model.channels_last=true)
+    python bench/step_breakdown.py ... --set data.cache_images=true   # decoded images in memory (filled first)
     python bench/step_breakdown.py ... --compile              # torch.compile the backbone + FPN + head
 
 Prints the median of each phase over `--steps` steps after `--warmup`, its share of the step, and the
@@ -51,6 +52,9 @@ def main() -> None:
     cfg = load_config(args.config or [str(ROOT / "studies/configs/atss.yaml"), str(ROOT / "studies/configs/quick.yaml")],
                       args.overrides)
     train_set, _ = build_datasets(cfg, Path(args.workspace))
+    if cfg.data.cache_images:  # time the steps of a later epoch: every image already decoded
+        for i in range(len(train_set)):
+            train_set.load(i)
     model = DenseDetector(cfg.model, cfg.model.num_classes or train_set.num_classes)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -90,7 +94,7 @@ def main() -> None:
             steps.append(t6 - t0)
     step = statistics.median(steps)
     levers = [f"threads={torch.get_num_threads()}"] + (["channels_last"] if args.channels_last else []) + \
-             (["compile"] if args.compile else [])
+             (["compile"] if args.compile else []) + args.overrides
     print(f"{cfg.assign.name}: batch {cfg.train.batch_size} x {cfg.data.min_size[0]} px, "
           f"backbone {cfg.model.backbone.name}, {', '.join(levers)}; {args.steps} steps")
     for phase in PHASES:

@@ -1,5 +1,6 @@
 """Uncertainty in the study tables: Student t intervals over seeds, the bold rule, and differences to a
-baseline (paired over seeds, and a paired bootstrap over val images) in md, LaTeX, CSV and HTML."""
+baseline (paired over seeds, and a paired bootstrap over val images) in md, LaTeX, CSV and HTML; the
+per-row figures under the table (GTs without a positive anchor, time per run)."""
 from __future__ import annotations
 
 import json
@@ -76,11 +77,13 @@ def test_single_seed_says_so_instead_of_an_interval(tmp_path):
                             "AP50_n,AP50_best,AP75,AP75_ci95,AP75_n,AP75_best,AP_vs_baseline,AP_vs_baseline_seeds_low,"
                             "AP_vs_baseline_seeds_high,AP_vs_baseline_seeds_n,AP_vs_baseline_seeds_significant,"
                             "AP_vs_baseline_images_low,AP_vs_baseline_images_high,AP_vs_baseline_images_n,"
-                            "AP_vs_baseline_images_significant,AP_vs_baseline_note")
-    assert csv_lines[1] == ",,Base,done,1,1,30.00,,1,0,50.00,,1,0,20.00,,1,0,,,,,,,,,,baseline"
+                            "AP_vs_baseline_images_significant,AP_vs_baseline_note,gt_without_pos_pct,minutes_per_run")
+    assert csv_lines[1] == ",,Base,done,1,1,30.00,,1,0,50.00,,1,0,20.00,,1,0,,,,,,,,,,baseline,,"
     assert csv_lines[2] == (",,Better,done,1,1,40.00,,1,0,60.00,,1,0,30.00,,1,0,10.00,,,1,,,,0,,"
-                            "1 paired seed; no per-image data")
+                            "1 paired seed; no per-image data,,")
     assert "<td>40.0†</td>" in render(table, "html")
+    # no run has the share of GTs without a positive anchor, nor a start before its end: no such lines
+    assert "GTs without a positive anchor" not in md and "Time per run" not in md
 
 
 def test_best_not_significantly_above_the_runner_up_is_not_bold(tmp_path):
@@ -133,10 +136,61 @@ def test_paired_seeds_significance_and_bold_from_a_real_store(tmp_path, empty_st
     html = render(table, "html")
     assert "<td><b>36.1 ± 2.6</b></td>" in html and "<td>[-1.6, +2.2] n.s.</td>" in html
     csv_lines = {line.split(",")[2]: line for line in render(table, "csv").splitlines()[1:]}
-    assert csv_lines["Better"].endswith(",36.10,2.62,3,1,56.10,2.62,3,1,26.10,2.62,3,1,5.10,4.85,5.35,3,1,,,0,,"
-                                        "no per-image data")
-    assert csv_lines["Same"].endswith(",0.33,-1.56,2.23,3,0,,,0,,no per-image data")
+    # the last two columns (GTs without a positive anchor, minutes per run): none and the runs' few milliseconds
+    assert (",36.10,2.62,3,1,56.10,2.62,3,1,26.10,2.62,3,1,5.10,4.85,5.35,3,1,,,0,,no per-image data,,"
+            in csv_lines["Better"])
+    assert ",0.33,-1.56,2.23,3,0,,,0,,no per-image data,," in csv_lines["Same"]
     assert ",Lone,partial,1,3,29.00,,1,0," in csv_lines["Lone"]
+
+
+# ---------------------------------------------------------------- figures per row under the table
+T0 = 1_700_000_000_000  # ms
+
+
+def _timed_run(client, exp_id, spec, start_s, minutes, share=None, tags=None):
+    """A FINISHED run that started `start_s` after T0 and ran `minutes`; `share`: its GTs without a positive
+    anchor (None: a run from before that metric)."""
+    from ablation.tables.build import GT_WITHOUT_POS_METRIC
+
+    start = T0 + int(start_s * 1000)
+    run_id = client.create_run(exp_id, start_time=start, run_name=spec.run_name,
+                               tags={"role": "row", "run_key": spec.key, **(tags or {})}).info.run_id
+    client.log_metric(run_id, "val/AP", 0.3)
+    if share is not None:
+        client.log_metric(run_id, GT_WITHOUT_POS_METRIC, share)
+    client.set_terminated(run_id, "FINISHED", end_time=start + round(minutes * 60_000))
+    return run_id
+
+
+def test_gts_without_a_positive_anchor_and_time_per_run_under_the_table(tmp_path, empty_store):
+    from mlflow import MlflowClient
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    uri = with_store(ws, empty_store)
+    study = load_study(write_study(tmp_path, rows=ROWS[:2], seeds=[0, 1]))
+    by = {(s.label, s.seed): s for s in expand(study, "smoke")}
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment(study.name)
+    _timed_run(client, exp_id, by["Base", 0], 0, 4.0, share=0.020)
+    _timed_run(client, exp_id, by["Base", 1], 600, 5.2, share=0.022)
+    _timed_run(client, exp_id, by["Better", 0], 1200, 3.0)  # an older run: no share logged
+    source = _timed_run(client, client.create_experiment("elsewhere"), by["Better", 1], 1800, 9.0)
+    # seed 1 of Better reuses a run of another study: its link took no training time here, so it is not timed
+    _timed_run(client, exp_id, by["Better", 1], 2400, 0.1, tags={"reused_from": source})
+    table = build_table(study, "smoke", runs_frame(uri, study.name, "tags.role = 'row'"))
+
+    gts = "GTs without a positive anchor: Base 2.1%"  # (2.0% + 2.2%) / 2; Better's runs lack the metric
+    times = "Time per run: Base 4.6 min, Better 3.0 min"  # (4.0 + 5.2) / 2; Better: its one run that trained here
+    md = render(table, "md")
+    assert md.endswith(f"\n{gts}  \n{times}\n")  # md notes end in two spaces (a line break), but the last
+    latex_gts = gts.replace("%", r"\%")
+    assert f"\n% {latex_gts}\n% {times}\n" in render(table, "latex")
+    assert f"<p>{gts}</p>\n<p>{times}</p>" in render(table, "html")
+    csv_lines = render(table, "csv").splitlines()  # the figures' numbers in the last two columns
+    assert csv_lines[0].endswith(",AP75_best,gt_without_pos_pct,minutes_per_run")
+    assert csv_lines[1:] == [",,Base,done,2,2,30.00,0.00,2,0,,,0,0,,,0,0,2.10,4.60",
+                             ",,Better,done,2,2,30.00,0.00,2,0,,,0,0,,,0,0,,3.00"]
 
 
 # ---------------------------------------------------------------- the bootstrap, end to end

@@ -40,6 +40,9 @@ def test_tiny_run_is_tracked(tmp_path, workspace, method):
                 "assign/pos_per_image_P3", "loss_aux", "val/AP", "val/ARl", "data/train_annotations_kept"):
         assert key in run.data.metrics, key
     assert 0.0 <= run.data.metrics["val/AP"] <= 1.0
+    per_step = [m.value for m in client.get_metric_history(out.run_id, "assign/gt_without_pos")]
+    mean = client.get_metric_history(out.run_id, "assign/gt_without_pos_mean")
+    assert [m.step for m in mean] == [3] and mean[0].value == pytest.approx(sum(per_step) / len(per_step))
     arts = {a.path for a in client.list_artifacts(out.run_id)}
     assert "config.yaml" in arts
     state = load_checkpoint(run.data.tags["checkpoint"])

@@ -7,6 +7,10 @@ Each row of the study is represented by the run of each of its run keys that `re
 "failed" when no seed finished and one failed, "pending" when none ran, and the paper's value beside
 each metric. A column's best value is marked only when it is significantly above the runner-up's
 (paired t over the seeds both finished, at least 2); `Table.notes` says where it is not, and why.
+Each row also carries two figures over its finished seeds, which `render.py` prints as note lines: the
+mean share of GTs without a positive anchor (`GT_WITHOUT_POS_METRIC`, logged once per run at its end;
+runs from before it lack it) and the mean time per run, from the MLflow run's start to its end (only
+runs that trained: a link run, tag `reused_from`, took no time here).
 
 With a study `baseline`, every other row gets its AP difference to it (`Comparison`): a paired t
 interval over seeds matched by seed value, and a paired bootstrap over the val images, which re-scores
@@ -27,6 +31,7 @@ from ablation.study.expand import expand
 from ablation.study.load import FAILED_REFERENCE, Study
 from ablation.tables.stats import LEVEL, Interval, mean_interval, paired_interval
 from ablation.tracking.reader import RunRecord, by_key
+from detector.engine.diagnostics import GT_WITHOUT_POS_MEAN
 from detector.evaluation.bootstrap import (ImageMatches, coco_ap, difference_interval, resample_counts,
                                            resampled_ap, same_images)
 
@@ -36,6 +41,7 @@ BOOTSTRAP_SEED = 0  # the same resamples for every row: the table is reproducibl
 NO_PAIRED_SEEDS = "no paired seeds"
 NO_IMAGE_DATA = "no per-image data"
 OTHER_IMAGES = "different val images"
+GT_WITHOUT_POS_METRIC = GT_WITHOUT_POS_MEAN  # share in [0, 1], logged once at the end of a run
 
 
 # ---------------------------------------------------------------- the table as data
@@ -77,6 +83,8 @@ class TableRow:
     reasons: list[str] = field(default_factory=list)
     run_ids: dict[int, str] = field(default_factory=dict)  # seed -> FINISHED run id
     comparison: Comparison | None = None  # against the study's baseline, when it has one
+    gt_without_pos: float | None = None  # mean share of GTs without a positive anchor over the seeds that have it
+    minutes: float | None = None  # mean training wall time per run (minutes) over the seeds that trained
 
 
 @dataclass
@@ -132,6 +140,10 @@ def _row(study: Study, label: str, recs: list[tuple[int, RunRecord | None]]) -> 
     ref = row.reference if isinstance(row.reference, dict) else {}
     out = TableRow(label, row.cells, status, len(done), len(recs), paper_failed=row.reference == FAILED_REFERENCE,
                    reasons=[r.reason for r in failed if r.reason], run_ids={seed: r.run_id for seed, r in done})
+    shares = [r.metrics[GT_WITHOUT_POS_METRIC] for _, r in done if GT_WITHOUT_POS_METRIC in r.metrics]
+    out.gt_without_pos = statistics.fmean(shares) if shares else None
+    minutes = [m for m in (_minutes(r) for _, r in done) if m is not None]
+    out.minutes = statistics.fmean(minutes) if minutes else None
     for metric in dict.fromkeys([*study.metrics, DIFF_METRIC]):
         by_seed = {seed: 100.0 * r.metrics[f"val/{metric}"] for seed, r in done
                    if f"val/{metric}" in r.metrics and r.metrics[f"val/{metric}"] >= 0}
@@ -141,6 +153,14 @@ def _row(study: Study, label: str, recs: list[tuple[int, RunRecord | None]]) -> 
             cell.mean, cell.half, cell.n = interval.estimate, interval.half, interval.n
         out.values[metric] = cell
     return out
+
+
+def _minutes(rec: RunRecord) -> float | None:
+    """Wall time of a run that trained, start to end (a resumed run spans its pause); None for a link run
+    or a run without both times."""
+    if rec.reused_from is not None or rec.end_time is None or not 0 < rec.start_time < rec.end_time:
+        return None
+    return (rec.end_time - rec.start_time) / 60_000
 
 
 # ---------------------------------------------------------------- best per column
@@ -210,4 +230,4 @@ def _image_interval(pairs: list[tuple[str, str]], per_image: Mapping[str, ImageM
 
 
 __all__ = ["Cell", "Comparison", "TableRow", "TablePart", "Table", "build_table", "DIFF_METRIC",
-           "BOOTSTRAP_RESAMPLES"]
+           "BOOTSTRAP_RESAMPLES", "GT_WITHOUT_POS_METRIC"]

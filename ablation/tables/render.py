@@ -4,8 +4,10 @@ values and our difference beside each metric.
 A metric cell reads `mean ± half-width` (95% Student t over seeds), `mean†` for one seed (no
 interval), bold when significantly above its column's runner-up. With a baseline, three columns
 follow: the AP difference, its interval over seeds and its interval over val images, each interval
-marked "n.s." when it contains 0. The CSV keeps the numbers (mean, half-width, seeds, best flag,
-interval bounds, significance) in columns of their own."""
+marked "n.s." when it contains 0. Under the table, note lines; among them two per-row figures, each row
+that has one: the share of GTs without a positive anchor (percent) and the time per run (minutes). The
+CSV keeps the numbers (mean, half-width, seeds, best flag, interval bounds, significance, and those two
+figures) in columns of their own."""
 from __future__ import annotations
 
 import csv
@@ -23,6 +25,8 @@ PARTIAL_MARK = "*"
 SINGLE_MARK = "†"
 NOT_SIGNIFICANT = "n.s."
 BASELINE_TEXT = "baseline"
+GT_WITHOUT_POS_TEXT = "GTs without a positive anchor"
+TIME_TEXT = "Time per run"
 
 
 def _number(cell: Cell, partial: bool) -> str:
@@ -85,6 +89,15 @@ def _label_cells(part: TablePart, row: TableRow) -> list[str]:
     return [row.cells.get(c, "") for c in part.label_columns] if part.label_columns else [row.label]
 
 
+def _row_figures(rows: list[TableRow]) -> list[str]:
+    """A line per figure (GTs without a positive anchor, time per run) naming each row that has it, in order."""
+    unique = list({r.label: r for r in rows}.values())  # a row shown in several parts: once
+    shares = [f"{r.label} {100 * r.gt_without_pos:.1f}%" for r in unique if r.gt_without_pos is not None]
+    times = [f"{r.label} {r.minutes:.1f} min" for r in unique if r.minutes is not None]
+    return [f"{title}: {', '.join(items)}" for title, items in ((GT_WITHOUT_POS_TEXT, shares), (TIME_TEXT, times))
+            if items]
+
+
 def _footnotes(table: Table) -> list[str]:
     rows = [r for p in table.parts for _, rs in p.groups for r in rs]
     shown = [r.values[m] for r in rows if r.status in ("done", "partial") for m in table.metrics]
@@ -96,6 +109,7 @@ def _footnotes(table: Table) -> list[str]:
     if any(r.status == "partial" for r in rows):
         notes.append(f"{PARTIAL_MARK} mean over the finished seeds only")
     notes += table.notes
+    notes += _row_figures(rows)
     if table.baseline is not None:
         notes.append(f"Δ{DIFF_METRIC} vs {table.baseline}: in points, over the seeds both rows finished; seeds: "
                      f"paired t interval of the per-seed differences (seeds matched by value); images: paired "
@@ -222,7 +236,8 @@ def _csv(table: Table, reference: bool) -> str:
         metric_cols += [d] + [f"{d}_{side}_{x}" for side in ("seeds", "images")
                               for x in ("low", "high", "n", "significant")]
         metric_cols.append(f"{d}_note")
-    writer.writerow(["table", "group", "label", *label_cols, "status", "seeds_done", "seeds_total", *metric_cols])
+    writer.writerow(["table", "group", "label", *label_cols, "status", "seeds_done", "seeds_total", *metric_cols,
+                     "gt_without_pos_pct", "minutes_per_run"])
     for part in table.parts:
         for title, rows in part.groups:
             for row in rows:
@@ -233,8 +248,9 @@ def _csv(table: Table, reference: bool) -> str:
                     values += [_num(c.paper), _num(c.delta)] if reference else []
                 if table.baseline is not None:
                     values += _csv_comparison(row.comparison)
+                share = None if row.gt_without_pos is None else 100 * row.gt_without_pos
                 writer.writerow([part.title, title, row.label, *[row.cells.get(c, "") for c in label_cols],
-                                 row.status, row.seeds_done, row.seeds_total, *values])
+                                 row.status, row.seeds_done, row.seeds_total, *values, _num(share), _num(row.minutes)])
     return buf.getvalue()
 
 

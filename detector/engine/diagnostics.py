@@ -5,6 +5,9 @@ import torch
 
 from detector.assigners.base import IGNORE, AssignResult
 
+# Logged once at the end of a run: the mean over its logged iterations of "assign/gt_without_pos".
+GT_WITHOUT_POS_MEAN = "assign/gt_without_pos_mean"
+
 
 def positives_per_gt(result: AssignResult, gt_valid) -> torch.Tensor:
     """(B, M) long: number of positive anchors of each GT (padding rows count 0)."""

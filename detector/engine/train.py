@@ -19,7 +19,7 @@ from detector.config import Config, config_to_dict
 from detector.data.build import build_datasets
 from detector.data.sampler import build_train_loader
 from detector.engine.checkpoint import LAST, load_checkpoint, save_checkpoint
-from detector.engine.diagnostics import assignment_diagnostics
+from detector.engine.diagnostics import GT_WITHOUT_POS_MEAN, assignment_diagnostics
 from detector.engine.evaluate import evaluate_metrics, evaluate_model
 from detector.engine.hooks import TrainHooks
 from detector.engine.optim import build_optimizer, lr_at, set_lr
@@ -109,6 +109,7 @@ def train(cfg: Config, workspace: Path, hooks: TrainHooks | None = None, resume:
     model.train()
     last_ckpt = workdir / LAST if start else None
     without_positives = 0  # iterations in a row whose batch held GTs but got no positive anchor
+    no_pos_sum, no_pos_n = 0.0, 0  # share of GTs without a positive anchor, summed over the logged iterations
     for it in range(start, tc.iterations):
         t_data = time.perf_counter()
         batch = next(batches).to(device, non_blocking=True)
@@ -143,6 +144,8 @@ def train(cfg: Config, workspace: Path, hooks: TrainHooks | None = None, resume:
         if done % tc.log_every == 0 or done == tc.iterations:
             scalars = {k: v.item() for k, v in losses.items()}
             scalars.update(assignment_diagnostics(result, batch.gt_valid, counts))
+            if "assign/gt_without_pos" in scalars:
+                no_pos_sum, no_pos_n = no_pos_sum + scalars["assign/gt_without_pos"], no_pos_n + 1
             scalars.update(step.method.summary(result))
             now = time.perf_counter()
             scalars.update({"lr": lr, "time/step_s": now - t_step, "time/data_s": t_step - t_data,
@@ -166,6 +169,8 @@ def train(cfg: Config, workspace: Path, hooks: TrainHooks | None = None, resume:
                 return TrainResult("PRUNED", reason, done, metrics, checkpoint=last_ckpt,
                                    wall_time=time.perf_counter() - t0)
 
+    if no_pos_n:  # one number per run for tables: the mean over the iterations this process logged
+        hooks.on_iteration(tc.iterations, {GT_WITHOUT_POS_MEAN: no_pos_sum / no_pos_n})
     last_ckpt = save_checkpoint(workdir / LAST, model, optimizer, scaler, tc.iterations)
     hooks.on_checkpoint(tc.iterations, last_ckpt)
     result = TrainResult("FINISHED", iterations=tc.iterations, checkpoint=last_ckpt)
