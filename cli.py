@@ -39,6 +39,12 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("anchorlab").setLevel(logging.INFO)
 
 
+# Defaults of `data synth` that `detector.config.SynthConfig` also holds (tests check they agree; the CLI
+# module does not import torch at start-up).
+SYNTH_CLUTTER = 0.2
+SYNTH_MIN_OBJECT_SIZE = 16.0
+
+
 @data_app.command("synth")
 def data_synth(
     out: Path = typer.Option(..., help="Folder to write the dataset into."),
@@ -49,7 +55,8 @@ def data_synth(
     slender_share: float = typer.Option(0.15, help="Share of slender objects (aspect up to 1:8)."),
     acentric_share: float = typer.Option(0.25, help="Share of rings, L-shapes and crescents."),
     crowding: float = typer.Option(0.3, help="Probability of a crowded cluster in an image."),
-    clutter: float = typer.Option(0.5, help="Density of distractors and background texture (0-1)."),
+    clutter: float = typer.Option(SYNTH_CLUTTER, help="Density of distractors and background texture (0-1)."),
+    min_object_size: float = typer.Option(SYNTH_MIN_OBJECT_SIZE, help="Smallest object, sqrt(w*h) in pixels."),
     workers: int = typer.Option(2, help="Generator processes."),
 ):
     """Generate the deterministic synthetic detection benchmark (COCO JSON + PNG images)."""
@@ -61,7 +68,8 @@ def data_synth(
     from detector.data.synth import generate
 
     cfg = SynthConfig(train=train, val=val, size=size, seed=seed, slender_share=slender_share,
-                      acentric_share=acentric_share, crowding=crowding, clutter=clutter)
+                      acentric_share=acentric_share, crowding=crowding, clutter=clutter,
+                      min_object_size=min_object_size)
     t0 = time.perf_counter()
     with Progress() as progress:
         task = progress.add_task("generating", total=train + val)

@@ -26,7 +26,7 @@ from typing import Any
 
 from detector.config import Config, ConfigError
 
-KEY_VERSION = 2  # 2: ATSS exact centre distances; PAA: order-free anchor scores, float64 GMM, rounding ties resolved
+KEY_VERSION = 3  # 2: ATSS exact centre distances; PAA: order-free anchor scores, float64 GMM, rounding ties resolved; 3: synth defaults min_object_size 16, clutter 0.2
 
 # Fields that cannot change a run's result: what it is called, where it runs, how often it reports.
 NOT_RESULT = frozenset({

@@ -110,7 +110,7 @@ def test_distributions_on_medium_set(medium):
     assert (per_image >= 10).sum() >= 5
     assert ((aspect >= 4) | (aspect <= 1 / 4)).sum() >= 10
     assert (aspect >= 4).any() and (aspect <= 1 / 4).any()  # rods lie both ways
-    assert (sizes < 16).sum() >= 20 and (sizes > 0.4 * side).sum() >= 5
+    assert (sizes < 2 * MEDIUM.min_object_size).sum() >= 20 and (sizes > 0.4 * side).sum() >= 5
     assert sizes.max() <= 0.95 * side
     assert {a["category_id"] for a in medium["annotations"]} == set(range(1, len(CATEGORIES) + 1))
     visible = np.array([a["visible"] for a in medium["annotations"]])
@@ -262,3 +262,11 @@ def test_stats_bins_by_hand(tmp_path):
     assert s["slender_share"] == pytest.approx(1 / 3)
     assert s["coco_area_share"] == pytest.approx({"small": 2 / 3, "medium": 0.0, "large": 1 / 3})
     assert s["per_category"] == {"a": 2, "b": 1} and s["occluded_share"] is None
+
+
+def test_small_images_with_large_clusters_render():
+    # a cluster scale above half the side once made the centre draw fail (numpy: high - low < 0)
+    cfg = SynthConfig(train=1, val=0, size=64, min_object_size=16.0, crowding=1.0)
+    for i in range(20):
+        image, anns = render_image(cfg, "train", i)
+        assert image.shape == (64, 64, 3) and all(a["bbox"][2] > 0 and a["bbox"][3] > 0 for a in anns)

@@ -24,9 +24,13 @@ class SynthConfig:
     slender_share: float = 0.15  # share of objects with aspect ratio between 1:3 and 1:8
     acentric_share: float = 0.25  # share of rings, L-shapes and crescents
     crowding: float = 0.3  # probability that an image holds a cluster of overlapping objects
-    clutter: float = 0.5  # 0..1, density of unannotated distractor shapes and background texture
+    # 0..1, density of unannotated distractor shapes and background texture (0.2: ~5 distractors per image;
+    # 0.5 until KEY_VERSION 3, which a 5-minute CPU run could not learn to reject: AP 7)
+    clutter: float = 0.2
     max_objects: int = 30
-    min_object_size: float = 8.0  # px, smallest sqrt(w*h) of an object's drawn extent
+    # px, smallest sqrt(w*h) of an object's drawn extent. 16 puts the median box (~49 px at 320 px) at 0.76x
+    # the smallest anchor (8 x stride 8 = 64 px), near COCO's ~1.1x at 800 px; 8 (until KEY_VERSION 3) gave 0.55x.
+    min_object_size: float = 16.0
     max_object_frac: float = 0.6  # largest sqrt(w*h) as a fraction of the image side
     min_visible: float = 0.4  # every annotated object keeps at least this share of its pixels visible
 

@@ -99,7 +99,9 @@ def _layout(rng: np.random.Generator, cfg: SynthConfig) -> list[tuple[str, float
     objs = [(_sample_category(rng, cfg), _loguniform(rng, lo, hi), None) for _ in range(n_free)]
     if k:
         scale = _loguniform(rng, 2 * lo, max(CLUSTER_MAX_FRAC * side, 3 * lo))
-        centre = rng.uniform(scale, side - scale, 2)
+        # a cluster wider than half the image is centred (only small images; elsewhere this is the old draw)
+        low, high = (scale, side - scale) if side >= 2 * scale else (side / 2, side / 2)
+        centre = rng.uniform(low, high, 2)
         cluster = (float(centre[0]), float(centre[1]), CLUSTER_SPREAD * scale * np.sqrt(k))
         for _ in range(k):
             cat = _sample_category(rng, cfg)
