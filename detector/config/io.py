@@ -179,6 +179,8 @@ def _check(cfg: Config) -> None:
         raise ConfigError("train.batch_size and train.iterations must be >= 1")
     if any(not 0.0 < s < 1.0 for s in cfg.train.steps):
         raise ConfigError("train.steps: fractions of train.iterations, each in (0, 1)")
+    if not 0.0 <= cfg.train.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay: must be in [0, 1) (0 = no EMA), got {cfg.train.ema_decay}")
 
 
 def load_config(paths: list[str | Path] | None = None, overrides: list[str] | None = None) -> Config:

@@ -128,6 +128,9 @@ class TrainConfig:
     steps: list[float] = field(default_factory=lambda: [0.667, 0.889])  # fractions of `iterations`
     gamma: float = 0.1
     grad_clip: float = 0.0  # max L2 norm; 0 = off
+    # EMA of the weights (BatchNorm statistics too), evaluated instead of them; 0 = off. Warm-up: update n uses
+    # min(ema_decay, (1 + n) / (10 + n)) (`detector.engine.ema`)
+    ema_decay: float = 0.0
     # The run FAILS when the assigner gives no positive anchor for this many iterations in a row whose
     # batches hold GTs (0 = never): training without positives learns nothing (PAA's FSR 0.3, Table 1).
     fail_without_positives: int = 100

@@ -1,7 +1,7 @@
 """Iteration-based training of a dense detector whose label assignment is the run's method.
 
 One step (`step.TrainStep`): forward -> the method's loss (by default: assignment on detached predictions,
-no grad, then the dense losses) -> backward -> SGD.
+no grad, then the dense losses) -> backward -> SGD -> with `train.ema_decay` > 0, the weights' EMA update.
 Everything measured is reported through `TrainHooks`; nothing here knows about tracking.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from detector.data.build import build_datasets
 from detector.data.sampler import build_train_loader
 from detector.engine.checkpoint import LAST, load_checkpoint, save_checkpoint
 from detector.engine.diagnostics import GT_WITHOUT_POS_MEAN, assignment_diagnostics
+from detector.engine.ema import ModelEma
 from detector.engine.evaluate import evaluate_metrics, evaluate_model
 from detector.engine.hooks import TrainHooks
 from detector.engine.optim import build_optimizer, lr_at, set_lr
@@ -66,7 +67,8 @@ def train(cfg: Config, workspace: Path, hooks: TrainHooks | None = None, resume:
     "diverged at iteration N" (1-based); so does an assigner that gives no positive for
     `train.fail_without_positives` iterations in a row. With `train.eval_every` > 0 the val split is
     evaluated every that many iterations (`hooks.on_eval` at that step); a hook whose `should_stop` then
-    says so ends the run as PRUNED at that iteration.
+    says so ends the run as PRUNED at that iteration. With `train.ema_decay` > 0 every evaluation (during
+    training and at the end) is of the weights' EMA (`engine.ema`), which checkpoints carry as "ema".
     """
     hooks = hooks or TrainHooks()
     t0 = time.perf_counter()
@@ -86,7 +88,7 @@ def train(cfg: Config, workspace: Path, hooks: TrainHooks | None = None, resume:
     use_amp = tc.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
-    start = 0
+    start, state = 0, {}
     if resume and (workdir / LAST).is_file():
         state = load_checkpoint(workdir / LAST, map_location=device)
         model.load_state_dict(state["model"])
@@ -95,6 +97,12 @@ def train(cfg: Config, workspace: Path, hooks: TrainHooks | None = None, resume:
             scaler.load_state_dict(state["scaler"])
         start = int(state["iteration"])
         log.info("resumed from %s at iteration %d", workdir / LAST, start)
+    # the EMA starts at the (loaded) weights; a resumed run restores its state (a checkpoint without "ema",
+    # e.g. from before EMA, keeps that start: the warm-up counts again from there)
+    ema = ModelEma(model, tc.ema_decay) if tc.ema_decay > 0 else None
+    if ema is not None and "ema" in state:
+        ema.load_state_dict(state["ema"])
+    eval_model = ema.module if ema is not None else model
 
     hooks.on_start(config_to_dict(cfg), workdir, start)
     data_counts = {f"data/train_{k}": float(v) for k, v in train_set.report.as_dict().items()}
@@ -140,6 +148,8 @@ def train(cfg: Config, workspace: Path, hooks: TrainHooks | None = None, resume:
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        if ema is not None:
+            ema.update(model)
         done = it + 1
         if done % tc.log_every == 0 or done == tc.iterations:
             scalars = {k: v.item() for k, v in losses.items()}
@@ -156,10 +166,10 @@ def train(cfg: Config, workspace: Path, hooks: TrainHooks | None = None, resume:
             for kind, records in step.method.records(result, tc.record_gts, done).items():
                 hooks.on_records(done, kind, records)
         if tc.checkpoint_every > 0 and done % tc.checkpoint_every == 0 and done < tc.iterations:
-            last_ckpt = save_checkpoint(workdir / LAST, model, optimizer, scaler, done)
+            last_ckpt = save_checkpoint(workdir / LAST, model, optimizer, scaler, done, ema)
             hooks.on_checkpoint(done, last_ckpt)
         if tc.eval_every > 0 and done % tc.eval_every == 0 and done < tc.iterations:
-            metrics = evaluate_metrics(model, val_set, cfg, device, progress=hooks.on_eval_progress)
+            metrics = evaluate_metrics(eval_model, val_set, cfg, device, progress=hooks.on_eval_progress)
             model.train()
             hooks.on_eval(done, metrics, {})
             if hooks.should_stop(done):
@@ -171,12 +181,12 @@ def train(cfg: Config, workspace: Path, hooks: TrainHooks | None = None, resume:
 
     if no_pos_n:  # one number per run for tables: the mean over the iterations this process logged
         hooks.on_iteration(tc.iterations, {GT_WITHOUT_POS_MEAN: no_pos_sum / no_pos_n})
-    last_ckpt = save_checkpoint(workdir / LAST, model, optimizer, scaler, tc.iterations)
+    last_ckpt = save_checkpoint(workdir / LAST, model, optimizer, scaler, tc.iterations, ema)
     hooks.on_checkpoint(tc.iterations, last_ckpt)
     result = TrainResult("FINISHED", iterations=tc.iterations, checkpoint=last_ckpt)
     if tc.eval_at_end:
         metrics, files = evaluate_model(
-            model, val_set, cfg, device, workdir / "eval", progress=hooks.on_eval_progress
+            eval_model, val_set, cfg, device, workdir / "eval", progress=hooks.on_eval_progress
         )
         hooks.on_eval(tc.iterations, metrics, files)
         result.metrics, result.files = metrics, files
