@@ -62,11 +62,11 @@ def test_divergence_is_a_failed_run_not_a_crash(tmp_path, workspace):
 
 
 class _Crash(TrainHooks):
-    def __init__(self, error=RuntimeError):
-        self.error = error
+    def __init__(self, error=RuntimeError, at: int = 2):
+        self.error, self.at = error, at
 
     def on_iteration(self, iteration, scalars):
-        if iteration == 2 and "loss" in scalars:
+        if iteration == self.at and "loss" in scalars:
             raise self.error("simulated crash")
 
 
@@ -74,7 +74,8 @@ def test_resume_continues_from_checkpoint_and_matches_uninterrupted(tmp_path, wo
     cfg = tiny_config(train={"iterations": 4, "checkpoint_every": 2})
     uri = _uri(tmp_path)
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C, a SIGTERM: the run is KILLED and resumable
-        train_tracked(cfg, workspace, uri, experiment="e2e", hooks=_Crash(KeyboardInterrupt))
+        # at iteration 3: the checkpoint of iteration 2 exists (it is written after iteration 2 is logged)
+        train_tracked(cfg, workspace, uri, experiment="e2e", hooks=_Crash(KeyboardInterrupt, at=3))
     client = MlflowClient(uri)
     crashed = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
     assert [r.info.status for r in crashed] == ["KILLED"]
@@ -82,6 +83,7 @@ def test_resume_continues_from_checkpoint_and_matches_uninterrupted(tmp_path, wo
     resumed = train_tracked(cfg, workspace, uri, experiment="e2e", resume=True)
     assert resumed.result.status == "FINISHED"
     assert resumed.run_id == crashed[0].info.run_id  # the same MLflow run, re-opened
+    assert client.get_run(resumed.run_id).data.tags["start_iteration"] == "2"  # from the checkpoint, not from 0
     steps = [m.step for m in client.get_metric_history(resumed.run_id, "loss")]
     assert steps[-2:] == [3, 4]
 
