@@ -1,7 +1,8 @@
 """Iteration-based training of a dense detector whose label assignment is the run's method.
 
 One step (`step.TrainStep`): forward -> the method's loss (by default: assignment on detached predictions,
-no grad, then the dense losses) -> backward -> SGD -> with `train.ema_decay` > 0, the weights' EMA update.
+no grad, then the dense losses) -> backward -> the optimizer (SGD or AdamW, `optim.py`) -> with
+`train.ema_decay` > 0, the weights' EMA update.
 Everything measured is reported through `TrainHooks`; nothing here knows about tracking.
 """
 from __future__ import annotations
