@@ -4,7 +4,7 @@ backbone + FPN forward, head forward, assignment, losses, backward, optimizer st
     python bench/step_breakdown.py -c studies/configs/atss.yaml -c studies/configs/quick.yaml
     python bench/step_breakdown.py -c studies/configs/paa.yaml -c studies/configs/quick.yaml --threads 1
     python bench/step_breakdown.py ... --set data.min_size=[256] --set model.head.width=32   # a lever
-    python bench/step_breakdown.py ... --channels-last        # NHWC convolutions (= --set model.channels_last=true)
+    python bench/step_breakdown.py ... --channels-last        # NHWC convolutions: --set model.channels_last=true
     python bench/step_breakdown.py ... --set data.cache_images=true   # decoded images in memory (filled first)
     python bench/step_breakdown.py ... --compile              # torch.compile the backbone + FPN + head
 
@@ -49,6 +49,8 @@ def main() -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
+    if args.channels_last:  # the model's own option: it converts its weights and its input
+        args.overrides.append("model.channels_last=true")
     cfg = load_config(args.config or [str(ROOT / "studies/configs/atss.yaml"), str(ROOT / "studies/configs/quick.yaml")],
                       args.overrides)
     train_set, _ = build_datasets(cfg, Path(args.workspace))
@@ -56,8 +58,6 @@ def main() -> None:
         for i in range(len(train_set)):
             train_set.load(i)
     model = DenseDetector(cfg.model, cfg.model.num_classes or train_set.num_classes)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     features, head = model.features, model.head
     if args.compile:
         features, head = torch.compile(model.features), torch.compile(model.head)
@@ -70,7 +70,7 @@ def main() -> None:
     for it in range(args.warmup + args.steps):
         t0 = time.perf_counter()
         batch = next(batches)
-        images = batch.images.contiguous(memory_format=torch.channels_last) if args.channels_last else batch.images
+        images = batch.images  # with model.channels_last the model converts its input itself
         t1 = time.perf_counter()
         feats = features(images)
         t2 = time.perf_counter()
@@ -93,7 +93,7 @@ def main() -> None:
                 times[phase].append(dt)
             steps.append(t6 - t0)
     step = statistics.median(steps)
-    levers = [f"threads={torch.get_num_threads()}"] + (["channels_last"] if args.channels_last else []) + \
+    levers = [f"threads={torch.get_num_threads()}"] + \
              (["compile"] if args.compile else []) + args.overrides
     print(f"{cfg.assign.name}: batch {cfg.train.batch_size} x {cfg.data.min_size[0]} px, "
           f"backbone {cfg.model.backbone.name}, {', '.join(levers)}; {args.steps} steps")
