@@ -25,13 +25,22 @@ def _fail(message: str, code: int = 2) -> None:
 @contextlib.contextmanager
 def _user_errors():
     """Turn the errors a user can cause (bad config, bad data, missing files) into one line, no traceback."""
+    import errno
+
     from detector.config import ConfigError
     from detector.data.coco import DataError
+    from detector.engine.checkpoint import CheckpointError
 
     try:
         yield
-    except (ConfigError, DataError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, FileNotFoundError, CheckpointError) as exc:
         _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    except OSError as exc:  # a folder we cannot write: read-only filesystem, permissions, a file in the path
+        if exc.filename is None:  # a message of ours, e.g. `workspace_dir`'s, already names the path
+            _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        unwritable = exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+        _fail(f"{exc.filename}: {exc.strerror or type(exc).__name__}"
+              + ("; choose a writable folder" if unwritable else ""))
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -47,7 +56,8 @@ SYNTH_MIN_OBJECT_SIZE = 16.0
 
 @data_app.command("synth")
 def data_synth(
-    out: Path = typer.Option(..., help="Folder to write the dataset into."),
+    out: Path = typer.Option(..., help="Folder to write the dataset into: new, empty, or a dataset written here "
+                             "before (replaced)."),
     train: int = typer.Option(2000, help="Training images."),
     val: int = typer.Option(500, help="Validation images."),
     seed: int = typer.Option(0),
@@ -58,6 +68,8 @@ def data_synth(
     clutter: float = typer.Option(SYNTH_CLUTTER, help="Density of distractors and background texture (0-1)."),
     min_object_size: float = typer.Option(SYNTH_MIN_OBJECT_SIZE, help="Smallest object, sqrt(w*h) in pixels."),
     workers: int = typer.Option(2, help="Generator processes."),
+    force: bool = typer.Option(False, "--force", help="Replace --out even when it holds files that 'data synth' did "
+                               "not write (they are deleted)."),
 ):
     """Generate the deterministic synthetic detection benchmark (COCO JSON + PNG images)."""
     import time
@@ -65,15 +77,26 @@ def data_synth(
     from rich.progress import Progress
 
     from detector.config import SynthConfig
-    from detector.data.synth import generate
+    from detector.config.ranges import check_synth
+    from detector.data.staging import check_destination
+    from detector.data.synth import generate, written_by_synth
 
     cfg = SynthConfig(train=train, val=val, size=size, seed=seed, slender_share=slender_share,
                       acentric_share=acentric_share, crowding=crowding, clutter=clutter,
                       min_object_size=min_object_size)
+    options = {"train", "val", "seed", "size", "slender_share", "acentric_share", "crowding", "clutter",
+               "min_object_size"}
+    try:  # the config's own rules, naming this command's options (other fields keep their defaults)
+        check_synth(cfg, label=lambda f: "--" + f.replace("_", "-") if f in options else f"data.synth.{f}")
+    except ValueError as exc:
+        _fail(str(exc))
     t0 = time.perf_counter()
-    with Progress() as progress:
-        task = progress.add_task("generating", total=train + val)
-        path = generate(out, cfg, workers=workers, progress=lambda done, total: progress.update(task, completed=done))
+    with _user_errors():
+        check_destination(out, force, written_by_synth)  # before the progress bar: a refusal is one clean line
+        with Progress() as progress:
+            task = progress.add_task("generating", total=train + val)
+            path = generate(out, cfg, workers=workers, force=force,
+                            progress=lambda done, total: progress.update(task, completed=done))
     typer.echo(f"wrote {train} train / {val} val images to {path} in {time.perf_counter() - t0:.1f}s")
 
 
@@ -84,7 +107,9 @@ def data_stats(path: Path = typer.Argument(..., help="Dataset folder (or one ins
 
     if not path.exists():
         _fail(f"not found: {path}")
-    typer.echo(format_stats(dataset_stats(path)))
+    with _user_errors():
+        stats = dataset_stats(path)
+    typer.echo(format_stats(stats))
 
 
 def _load(config: List[Path], overrides: List[str]):
@@ -119,19 +144,20 @@ def train(
     with _user_errors():
         cfg = _load(config, set_)
         from ablation.display.run_progress import RichProgressHooks, make_progress
-        from ablation.execution.run import RunSpec, execute
+        from ablation.execution.run import SAME_COMMAND_RESTARTS, RunSpec, execute
         from ablation.tracking.store import resolve_tracking_uri, workspace_dir
         from detector.config import ConfigError
         from detector.data.coco import DataError
+        from detector.engine.checkpoint import CheckpointError
 
         ws = workspace_dir(workspace)
-        spec = RunSpec(cfg, run_name or cfg.name, experiment, resume=resume)
+        spec = RunSpec(cfg, run_name or cfg.name, experiment, resume=resume, restart_hint=SAME_COMMAND_RESTARTS)
         with make_progress() as progress:
             outcome = execute(spec, ws, tracking_uri, hooks=RichProgressHooks(progress, cfg.train.iterations),
                               on_wait=lambda: progress.console.print(
                                   f"waiting: another process is training run key {spec.key}"))
     if outcome.status != "FINISHED":
-        user_error = isinstance(outcome.error, (ConfigError, DataError, FileNotFoundError))
+        user_error = isinstance(outcome.error, (ConfigError, DataError, FileNotFoundError, CheckpointError))
         _fail(f"run {outcome.run_id} {outcome.status}: {outcome.reason}", code=2 if user_error else 1)
     result, uri = outcome.result, resolve_tracking_uri(tracking_uri, ws)
     if result.metrics:
@@ -178,17 +204,23 @@ def ui(
     workspace: Optional[Path] = typer.Option(None),
     tracking_uri: Optional[str] = typer.Option(None),
     port: int = typer.Option(5000),
-    host: str = typer.Option("127.0.0.1"),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on; any but loopback exposes the server."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Server worker processes (default: MLflow's, 4)."),
 ):
-    """Open the MLflow UI over the workspace's store (Ctrl-C to stop)."""
-    from ablation.tracking.store import launch_ui, ui_url, workspace_dir
+    """Open the MLflow UI over the workspace's store (Ctrl-C or SIGTERM stops the whole server)."""
+    from ablation.tracking.store import workspace_dir
+    from dashboards.ui import check_can_listen, exposure_warning, serve, ui_banner
 
-    proc = launch_ui(workspace_dir(workspace), tracking_uri, host=host, port=port)
-    typer.echo(f"MLflow UI: {ui_url(host, port)}  (Ctrl-C to stop)")
-    try:
-        proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
+    with _user_errors():  # an unwritable workspace, a port in use: one line each
+        ws = workspace_dir(workspace)
+        check_can_listen(host, port)
+    if exposure_warning(host, port):
+        typer.secho(f"warning: {exposure_warning(host, port)}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(ui_banner(host, port))
+    code, stopped_by = serve(ws, tracking_uri, host=host, port=port, workers=workers)
+    if code:
+        _fail(f"the MLflow server exited with code {code} (its output is above)", max(code, 1))
+    typer.echo(f"stopped the MLflow UI ({stopped_by or 'it exited'})")
 
 
 viz_app = typer.Typer(no_args_is_help=True, help="Figures drawn from what tracked runs stored.")

@@ -91,9 +91,9 @@ def test_bad_boxes_counted_exactly(tmp_path):
     img_dir, js = write_coco(tmp_path, anns)
     ds = CocoDetection(img_dir, js, small_cfg(), train=False)
     assert ds.report.as_dict() == {
-        "images": 4, "annotations_kept": 2, "crowd_ignored": 0, "crowd_dropped": 0,
-        "dropped_degenerate": 2, "dropped_outside": 3, "dropped_unknown_category": 1,
-        "dropped_unknown_image": 1, "dropped_malformed": 1,
+        "images": 4, "images_unreadable": 0, "images_wrong_size": 0, "annotations_kept": 2, "crowd_ignored": 0,
+        "crowd_dropped": 0, "dropped_degenerate": 2, "dropped_outside": 3, "dropped_unknown_category": 1,
+        "dropped_unknown_image": 1, "dropped_malformed": 1, "dropped_skipped_image": 0,
     }
     assert "2 boxes kept" in ds.report.summary() and "\n" not in ds.report.summary()
     np.testing.assert_allclose(ds.boxes[2], [[0, 40, 15, 48]])

@@ -104,6 +104,28 @@ def test_schema_errors_are_one_line_with_file_and_line(tmp_path, case):
         assert message.startswith(f"{path}:{line}: "), (message, line)
 
 
+@pytest.mark.parametrize("what, edits, needle, expected", [
+    ("row value", {"rows": [{"label": "A", "overrides": {"train.iterations": "twenty"}}]}, "twenty",
+     "rows[0].overrides: train.iterations: expected an integer, got 'twenty'"),
+    ("row section", {"rows": [{"label": "A", "overrides": {"train": "fast"}}]}, "fast",
+     "rows[0].overrides: train: expected a mapping, got 'fast'"),
+    ("study value", {"overrides": {"train": {"log_every": "often"}}}, "often",
+     "overrides: train.log_every: expected an integer, got 'often'"),
+    ("row range", {"rows": [{"label": "A", "overrides": {"train.iterations": -5}}]}, "-5",
+     "rows[0].overrides: train.iterations: must be >= 1, got -5"),
+])
+def test_override_types_are_checked_even_when_every_profile_replaces_them(tmp_path, what, edits, needle, expected):
+    """A wrong value that no resolved config keeps is still a mistake in the file: one line, at its line."""
+    replacing = {"train.iterations": 3, "train.log_every": 1}
+    profiles = {"smoke": {"overrides": {**SMOKE["overrides"], **replacing}}, "other": {"overrides": replacing}}
+    path = write_study(tmp_path, profiles=profiles, **edits)
+    with pytest.raises(StudyError) as info:
+        load_study(path)
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert message.startswith(f"{path}:{_lines_of(path.read_text(), needle)}: {expected}"), message
+
+
 def test_duplicate_yaml_key_and_malformed_yaml(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("name: x\nseeds: [0]\nseeds: [1]\n")

@@ -207,11 +207,14 @@ def test_ensure_dataset_generates_once(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
 
 
-def test_generate_replaces_an_existing_dir(tmp_path):
+def test_generate_replaces_an_existing_dir_only_when_forced(tmp_path):
     out = tmp_path / "ds"
     (out / "images").mkdir(parents=True)
     (out / "stale.txt").write_text("half-written")
-    generate(out, dataclasses.replace(TINY, train=1, val=1), workers=1)
+    with pytest.raises(ValueError, match="not a dataset written by anchorlab"):  # not ours: kept
+        generate(out, dataclasses.replace(TINY, train=1, val=1), workers=1)
+    assert (out / "stale.txt").is_file() and [p.name for p in tmp_path.iterdir()] == ["ds"]
+    generate(out, dataclasses.replace(TINY, train=1, val=1), workers=1, force=True)
     assert not (out / "stale.txt").exists() and (out / "meta.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]
 

@@ -12,7 +12,7 @@ import yaml
 from mlflow import MlflowClient
 
 from ablation.tracking.store import (
-    artifact_root, ensure_experiment, git_info, resolve_tracking_uri, ui_command, ui_url, workspace_dir,
+    artifact_root, ensure_experiment, git_info, resolve_tracking_uri, workspace_dir,
 )
 from ablation.tracking.writer import MlflowHooks, tracked_run
 from detector.config import Config, build_config, config_to_dict, flatten
@@ -264,18 +264,6 @@ def test_git_info_in_a_scratch_checkout(tmp_path):
     assert len(info["git_sha"]) == 40 and info["git_dirty"] == "false"
     (tmp_path / "a.txt").write_text("2")
     assert git_info(tmp_path) == {"git_sha": info["git_sha"], "git_dirty": "true"}
-
-
-def test_ui_command_and_url(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cmd = ui_command(tmp_path, host="0.0.0.0", port=5123)
-    assert cmd[1:4] == ["-m", "mlflow", "ui"]
-    assert cmd[cmd.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    assert cmd[cmd.index("--default-artifact-root") + 1] == artifact_root(tmp_path)
-    assert cmd[cmd.index("--port") + 1] == "5123"
-    assert ui_url("127.0.0.1", 5000) == "http://127.0.0.1:5000"
-    assert ui_url("0.0.0.0", 5123) == "http://127.0.0.1:5123"
-    assert ui_url("::1", 5000) == "http://[::1]:5000"
 
 
 def test_ensure_experiment_creates_the_store_atomically(tmp_path):

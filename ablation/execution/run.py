@@ -11,7 +11,10 @@ experiment, parent run and tags, and two policies:
   PRUNED) is re-opened and continues from its last checkpoint; otherwise a new run starts from scratch.
 
 While a spec runs, the workspace-wide lock of its key is held (`key_lock`), so one key is never
-trained twice at the same time; each tracked run keeps its files in `checkpoints/<key>/<run id>/`.
+trained twice at the same time; each tracked run keeps its files in `checkpoints/<key>/<run id>/`, a
+folder no other run writes (and `train` holds it besides, `checkpoint.claim_workdir`). A checkpoint that
+cannot be resumed (damaged, or of another config) fails the run with the spec's `restart_hint` added to
+the reason: a FAILED run is never resumed, so training it again starts over in a new folder.
 """
 from __future__ import annotations
 
@@ -25,11 +28,14 @@ from ablation.tracking.reader import finished_run, resumable_run
 from ablation.tracking.store import ensure_experiment, resolve_tracking_uri, workspace_dir
 from ablation.tracking.writer import link_run, one_line, tracked_run
 from detector.config import Config
+from detector.engine.checkpoint import CheckpointError
 from detector.engine.hooks import HookList, TrainHooks
 from detector.engine.train import TrainResult, train
 from detector.run_key import run_dir, run_key
 
 log = logging.getLogger("anchorlab")
+# the `restart_hint` of a run the user trains by hand (`anchorlab train`)
+SAME_COMMAND_RESTARTS = "the same command starts that run over (a FAILED run is never resumed)"
 
 
 @dataclass
@@ -43,6 +49,7 @@ class RunSpec:
     tags: dict[str, str] = field(default_factory=dict)
     reuse: bool = False
     resume: bool = False
+    restart_hint: str = ""  # how the user starts a run over whose checkpoint cannot be resumed (module doc)
 
     @property
     def key(self) -> str:
@@ -92,8 +99,13 @@ def execute(spec: RunSpec, workspace: str | Path | None = None, tracking_uri: st
             with tracked_run(spec.config, uri, spec.experiment, ws, spec.label, spec.tags, spec.parent_run_id,
                              previous.run_id if previous else None) as tracker:
                 opened.append(tracker.run_id)
-                result = train(spec.config, ws, HookList(tracker, hooks), resume=previous is not None,
-                               workdir=run_dir(ws, key, tracker.run_id))
+                try:
+                    result = train(spec.config, ws, HookList(tracker, hooks), resume=previous is not None,
+                                   workdir=run_dir(ws, key, tracker.run_id))
+                except CheckpointError as exc:  # the run's reason is this line: say how to start it over
+                    if not spec.restart_hint:
+                        raise
+                    raise CheckpointError(f"{exc}; {spec.restart_hint}") from exc
         except Exception as exc:  # the tracked run is marked FAILED with this reason
             if not opened:
                 raise
@@ -101,4 +113,4 @@ def execute(spec: RunSpec, workspace: str | Path | None = None, tracking_uri: st
     return Outcome(result.status, opened[0], result.reason, result.metrics, result.iterations, result=result)
 
 
-__all__ = ["RunSpec", "Outcome", "execute"]
+__all__ = ["RunSpec", "Outcome", "execute", "SAME_COMMAND_RESTARTS"]

@@ -3,7 +3,8 @@
 Started by `launcher.run_study` (one per GPU, or N on CPU with the threads split). An item carries the
 resolved config, so the worker needs nothing from the study file. Per item: this study already has the
 key FINISHED (or FAILED, unless the item retries it): skip; else `run.execute` with reuse and resume,
-which links a key finished elsewhere, re-opens an interrupted run, or trains. With nothing waiting, a
+which links a key finished elsewhere, re-opens an interrupted run, or trains (a checkpoint that cannot
+be resumed fails the run with the `--retry-failed` command in its reason). With nothing waiting, a
 worker fails the trials of dead workers and puts their items back, waits while runs are live
 elsewhere, and exits when none are.
 """
@@ -133,7 +134,7 @@ def run_item(q: WorkQueue, claim, args: WorkerArgs, emit) -> bool:
         emit("end", key=key, status="FAILED", reason=f"invalid config: {exc}", ap=None)
         return True
     spec = RunSpec(config, item["run_name"], args.experiment, args.parent_run_id, item["tags"],
-                   reuse=True, resume=True)
+                   reuse=True, resume=True, restart_hint=_restart_hint(args, item))
     emit("start", key=key, total=config.train.iterations)
     ok = True
     try:
@@ -154,6 +155,12 @@ def run_item(q: WorkQueue, claim, args: WorkerArgs, emit) -> bool:
     q.finish(claim, TrialState.COMPLETE if status == "FINISHED" else TrialState.FAIL, status.lower(), ap)
     emit("end", key=key, status=status, reason=reason, ap=ap)
     return ok
+
+
+def _restart_hint(args: WorkerArgs, item: dict) -> str:
+    """The command that trains this study's failed runs again from scratch (the parent run names the file)."""
+    study_file = reader.run_tags(args.tracking_uri, args.parent_run_id).get("study_file", "<study file>")
+    return f"`anchorlab study run {study_file} --profile {item['profile']} --retry-failed` starts that run over"
 
 
 class _EventHooks(TrainHooks):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ablation.study.load import Profile, Study, parse_study
 from ablation.study.source import Ctx, StudyError, error_key, find_line
-from detector.config import Config, ConfigError, build_config, deep_merge, flatten
+from detector.config import Config, ConfigError, build_config, check_delta, deep_merge, flatten
 from detector.run_key import run_key
 
 
@@ -54,6 +54,22 @@ def _build(ctx: Ctx, data: dict, sources: list[tuple[str, dict[str, int]]], fall
             if line is not None:
                 raise ctx.error(line, where, message) from None
         raise ctx.error(fallback[0], fallback[1], message) from None
+
+
+def _check_overrides(ctx: Ctx, study: Study) -> None:
+    """Keys, types and choices of each override mapping on its own: the study's, then each row's.
+
+    Expansion validates resolved configs, where a key that a profile sets no longer holds the row's value:
+    a row's `train.iterations: twenty` would pass unseen whenever every profile sets train.iterations.
+    """
+    mappings = [("overrides", study.common, study.common_lines)]
+    mappings += [(f"rows[{row.index}].overrides", row.overrides, row.override_lines) for row in study.rows]
+    for where, data, lines in mappings:
+        try:
+            check_delta(data)
+        except ConfigError as exc:
+            message = str(exc).splitlines()[0]
+            raise ctx.error(find_line(error_key(message), lines) or 0, where, message) from None
 
 
 def _expand(ctx: Ctx, study: Study, profile: Profile) -> tuple[list[StudyRun], list[str]]:
@@ -98,6 +114,7 @@ def load_study(path: str | Path) -> Study:
     """Parse and fully validate a study file, resolving every row x seed under every profile."""
     study = parse_study(path)
     ctx = Ctx(study.path)
+    _check_overrides(ctx, study)
     for profile in study.profiles.values():
         study.runs[profile.name], study.warnings[profile.name] = _expand(ctx, study, profile)
     return study

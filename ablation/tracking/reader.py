@@ -166,6 +166,16 @@ def run_active(tracking_uri: str, run_id: str) -> bool:
         return False
 
 
+def run_tags(tracking_uri: str, run_id: str) -> dict[str, str]:
+    """The tags of `run_id` ({} when the store does not hold it)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return dict(_client(tracking_uri).get_run(run_id).data.tags)
+    except MlflowException:
+        return {}
+
+
 def run_records(tracking_uri: str, run_id: str, kind: str) -> list[tuple[int, list | dict]]:
     """The records of `kind` a run stored (`MlflowHooks.on_records`), as (iteration, records), in order."""
     client = _client(tracking_uri)
@@ -225,5 +235,6 @@ def _no_progress_bar():
             os.environ[name] = old
 
 
-__all__ = ["RunNotFound", "RunRecord", "runs_frame", "records_of", "by_key", "study_runs", "finished_run", "resumable_run",
-           "find_parent", "run_active", "run_records", "run_detections", "DETECTIONS_ARTIFACT"]
+__all__ = ["RunNotFound", "RunRecord", "runs_frame", "records_of", "by_key", "study_runs", "finished_run",
+           "resumable_run", "find_parent", "run_active", "run_tags", "run_records", "run_detections",
+           "DETECTIONS_ARTIFACT"]

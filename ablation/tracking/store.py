@@ -1,5 +1,5 @@
 """Where runs are tracked: the workspace folder, the MLflow store (created atomically), experiments,
-the git state of the code, and the MLflow UI command over the store.
+and the git state of the code. (The MLflow UI over the store is started by `dashboards.ui`.)
 
 Defaults on disk (see docs/architecture.md):  <workspace>/mlflow.db  and  <workspace>/artifacts/<experiment>/.
 mlflow is imported inside the functions that need it, so importing this module is cheap.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -25,10 +24,21 @@ GIT_TIMEOUT_S = 5.0
 
 
 def workspace_dir(path: str | Path | None = None) -> Path:
-    """The workspace folder: `path` > $ANCHORLAB_HOME > ./anchorlab-runs; created, absolute."""
+    """The workspace folder: `path` > $ANCHORLAB_HOME > ./anchorlab-runs; created, absolute, writable.
+
+    A folder that cannot be created or written raises an OSError whose one-line message names it and says
+    what to do, before anything is half-written there (a read-only filesystem failed later, deep inside
+    MLflow's SQLite store or the data generator, with hundreds of lines of traceback).
+    """
     chosen = path if path is not None else (os.environ.get(WORKSPACE_ENV) or DEFAULT_WORKSPACE)
     ws = Path(chosen).expanduser().resolve()
-    ws.mkdir(parents=True, exist_ok=True)
+    todo = f"choose a writable --workspace (or set ${WORKSPACE_ENV})"
+    try:
+        ws.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # read-only filesystem, no permission, a file where a folder should be
+        raise type(exc)(f"workspace {ws}: cannot create it ({exc.strerror or exc}); {todo}") from None
+    if not os.access(ws, os.W_OK | os.X_OK):  # EROFS counts here too, even for root
+        raise PermissionError(f"workspace {ws}: not writable; {todo}")
     return ws
 
 
@@ -143,27 +153,5 @@ def git_info(repo_dir: Path | None = None) -> dict[str, str]:
     }
 
 
-def ui_command(workspace: Path, tracking_uri: str | None = None, host: str = "127.0.0.1",
-               port: int = 5000) -> list[str]:
-    """The `mlflow ui` command line for the workspace's store."""
-    uri = resolve_tracking_uri(tracking_uri, workspace)
-    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-            "--default-artifact-root", artifact_root(workspace), "--host", host, "--port", str(port)]
-
-
-def launch_ui(workspace: Path, tracking_uri: str | None = None, host: str = "127.0.0.1",
-              port: int = 5000) -> subprocess.Popen:
-    """Start the MLflow UI on the workspace's store; the caller owns (and terminates) the process."""
-    return subprocess.Popen(ui_command(workspace, tracking_uri, host, port))
-
-
-def ui_url(host: str, port: int) -> str:
-    """The address to open in a browser ("0.0.0.0" / "::" listen everywhere: open localhost)."""
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    if ":" in shown and not shown.startswith("["):
-        shown = f"[{shown}]"
-    return f"http://{shown}:{port}"
-
-
 __all__ = ["workspace_dir", "resolve_tracking_uri", "artifact_root", "store_exists", "ensure_store",
-           "ensure_experiment", "git_info", "ui_command", "launch_ui", "ui_url"]
+           "ensure_experiment", "git_info"]

@@ -25,6 +25,7 @@ NONFINITE_KEY = "nonfinite_metric_values"
 KEY_TAG = "run_key"
 OUTCOME_TAG = "outcome"  # FINISHED | FAILED | PRUNED | KILLED: what ended the run (MLflow has no PRUNED)
 REUSED_TAG = "reused_from"  # on a run that links to the finished run of the same key it reuses
+RESUMED_TAG = "resumed_at"  # the iterations a re-opened run resumed from, in order: "4,8" (absent: never resumed)
 MLFLOW_STATUS = {"FINISHED": "FINISHED", "FAILED": "FAILED", "PRUNED": "KILLED", "KILLED": "KILLED"}
 
 
@@ -49,11 +50,17 @@ class MlflowHooks(TrainHooks):
 
     Iteration scalars are buffered and sent with `log_batch` every `flush_every` iterations or
     `flush_seconds` seconds, whichever comes first, so a step costs a list append, not a database
-    transaction. Non-finite values are skipped (MLflow charts cannot show them) and counted; the
+    transaction; `before_checkpoint` sends them too, so what a checkpoint covers is in the store before
+    the checkpoint exists. Non-finite values are skipped (MLflow charts cannot show them) and counted; the
     count is logged as `nonfinite_metric_values` when the run ends.
+
+    A re-opened run (`earlier`: the run as it was, for a resume) records where it resumed (`resumed_at`)
+    and sends no point at a step its metric already reached: a killed attempt may have sent steps past
+    its last checkpoint, which the resumed training runs again, so each step stays in a curve exactly once
+    (kept from the attempt that sent it first).
     """
 
-    def __init__(self, client, run_id: str, flush_every: int = 50, flush_seconds: float = 10.0):
+    def __init__(self, client, run_id: str, flush_every: int = 50, flush_seconds: float = 10.0, earlier=None):
         from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_TAG_VAL_LENGTH
 
         self.client = client
@@ -68,6 +75,9 @@ class MlflowHooks(TrainHooks):
         self._pending_iterations = 0
         self._last_flush = time.monotonic()
         self._last_step = 0
+        self._earlier_tags = earlier.data.tags if earlier is not None else None
+        # metric key -> the last step the run already holds (MLflow's latest metric is the one of the max step)
+        self._held = {m.key: m.step for m in earlier.data.to_proto().metrics} if earlier is not None else {}
 
     def _metrics(self, scalars: dict[str, float], step: int, prefix: str = "") -> list:
         from mlflow.entities import Metric
@@ -79,6 +89,8 @@ class MlflowHooks(TrainHooks):
             if not math.isfinite(value):
                 self.nonfinite += 1
                 continue
+            if int(step) <= self._held.get(f"{prefix}{key}", -1):
+                continue  # sent by an earlier attempt of this run (class doc)
             out.append(Metric(f"{prefix}{key}", value, ts, int(step)))
         return out
 
@@ -97,7 +109,16 @@ class MlflowHooks(TrainHooks):
 
     def on_start(self, config: dict, workdir: Path, start_iteration: int) -> None:
         self.client.set_tag(self.run_id, "workdir", str(workdir))
-        self.client.set_tag(self.run_id, "start_iteration", str(start_iteration))
+        self.client.set_tag(self.run_id, "start_iteration", str(start_iteration))  # the latest start
+        if self._earlier_tags is not None:
+            points = self._earlier_tags.get(RESUMED_TAG, "").split(",") + [str(start_iteration)]
+            text = ",".join(p for p in points if p)
+            if len(text) > self._max_tag:  # thousands of resumes: keep the latest ones
+                text = text[len(text) - self._max_tag:].partition(",")[2]
+            self.client.set_tag(self.run_id, RESUMED_TAG, text)
+
+    def before_checkpoint(self, iteration: int) -> None:
+        self.flush()
 
     def on_iteration(self, iteration: int, scalars: dict[str, float]) -> None:
         self._buffer.extend(self._metrics(scalars, iteration))
@@ -203,21 +224,23 @@ def tracked_run(
 
     A new run gets: params = the flattened resolved config; artifact `config.yaml`; tags git_sha,
     git_dirty, run_key, mlflow.runName (default: `config.name`), mlflow.parentRunId, `tags`.
-    With `run_id` the run is re-opened (status RUNNING) for a resume; its run key must match.
+    With `run_id` the run is re-opened (status RUNNING) for a resume; its run key must match (the
+    hooks then record the resume and skip the steps it already holds, `MlflowHooks`).
     The run is ended FINISHED if the body returns without calling `on_end`, FAILED (reason: the
     exception's first line) if it raises, KILLED on KeyboardInterrupt; the exception propagates.
     """
-    client = _client(tracking_uri)
+    client, earlier = _client(tracking_uri), None
     if run_id is None:
         run_id = _new_run(client, config, tracking_uri, experiment, workspace, run_name, tags, parent_run_id)
     else:
-        old_tags, key = client.get_run(run_id).data.tags, run_key(config)
+        earlier = client.get_run(run_id)
+        old_tags, key = earlier.data.tags, run_key(config)
         if old_tags.get(KEY_TAG) not in (None, key):
             raise ValueError(f"run {run_id} has run key {old_tags[KEY_TAG]}; this config's key is {key}")
         if OUTCOME_TAG in old_tags:  # a KILLED run resumed: its outcome is open again
             client.delete_tag(run_id, OUTCOME_TAG)
         client.update_run(run_id, status="RUNNING")
-    hooks = MlflowHooks(client, run_id)
+    hooks = MlflowHooks(client, run_id, earlier=earlier)
     try:
         yield hooks
     except BaseException as exc:
@@ -303,4 +326,4 @@ def log_files(tracking_uri: str, run_id: str, paths: list[Path], folder: str) ->
 
 
 __all__ = ["MlflowHooks", "tracked_run", "record_failure", "link_run", "create_parent", "open_parent", "end_run",
-           "log_text", "log_files", "one_line", "KEY_TAG", "OUTCOME_TAG", "REUSED_TAG", "NONFINITE_KEY"]
+           "log_text", "log_files", "one_line", "KEY_TAG", "OUTCOME_TAG", "REUSED_TAG", "RESUMED_TAG", "NONFINITE_KEY"]

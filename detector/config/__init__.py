@@ -13,7 +13,7 @@ from __future__ import annotations
 from detector.assigners.atss import ATSSConfig
 from detector.assigners.max_iou import MaxIoUConfig
 from detector.assigners.paa_config import PAAConfig
-from detector.config.io import (CHOICES, ConfigError, YamlLoader, build_config, config_to_dict,
+from detector.config.io import (CHOICES, ConfigError, YamlLoader, build_config, check_delta, config_to_dict,
                                 deep_merge, dump_yaml, flatten, load_config, load_yaml, parse_override)
 from detector.config.schema import AssignConfig, Config
 from detector.config.sections import (AnchorConfig, BackboneConfig, BoxCoderConfig, DataConfig, HeadConfig,
@@ -23,6 +23,6 @@ from detector.config.sections import (AnchorConfig, BackboneConfig, BoxCoderConf
 __all__ = [
     "Config", "ConfigError", "SynthConfig", "DataConfig", "BackboneConfig", "AnchorConfig", "HeadConfig",
     "BoxCoderConfig", "ModelConfig", "AssignConfig", "MaxIoUConfig", "ATSSConfig", "PAAConfig", "LossConfig",
-    "TrainConfig", "VotingConfig", "InferenceConfig", "CHOICES", "YamlLoader", "build_config", "load_config",
-    "load_yaml", "parse_override", "deep_merge", "config_to_dict", "flatten", "dump_yaml",
+    "TrainConfig", "VotingConfig", "InferenceConfig", "CHOICES", "YamlLoader", "build_config", "check_delta",
+    "load_config", "load_yaml", "parse_override", "deep_merge", "config_to_dict", "flatten", "dump_yaml",
 ]

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from detector.assigners.max_iou import LOW_QUALITY_RULES
+from detector.config.ranges import check_ranges
 from detector.config.schema import Config
 from detector.methods import METHODS, SCORE_FUSIONS
 
@@ -153,9 +154,26 @@ def build_config(data: dict | None = None) -> Config:
     return cfg
 
 
+def check_delta(data: dict) -> None:
+    """Keys, types, choices and numeric ranges of a partial config (a delta over the defaults), on its own.
+
+    For deltas that a later layer may replace (a study row under a profile): their values never reach
+    `build_config`. Ranges are per field, so the defaults filling the rest pass them; the rules between
+    fields need a whole config and are left to `build_config`.
+    """
+    try:
+        check_ranges(_from_dict(Config, data, ""))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _check(cfg: Config) -> None:
     if cfg.assign.name not in METHODS:  # read now, not at import: a test may add a method
         raise ConfigError(f"assign.name: '{cfg.assign.name}' is not one of {', '.join(METHODS)}")
+    try:
+        check_ranges(cfg)  # every number of the shared sections (`ranges.RANGES`), before the rules between them
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     for f in dataclasses.fields(cfg.assign):  # every method section, active or not: each is logged with the run
         section = getattr(cfg.assign, f.name)
         if dataclasses.is_dataclass(section) and hasattr(section, "check"):  # a method config's own checks
@@ -169,14 +187,10 @@ def _check(cfg: Config) -> None:
                 raise ConfigError(f"data.{key}: required when data.dataset is 'coco'")
     if cfg.model.head.norm == "gn" and cfg.model.head.width % cfg.model.head.gn_groups:
         raise ConfigError("model.head.width: must be divisible by model.head.gn_groups")
-    if cfg.model.backbone.tiny_width < 1 or cfg.model.backbone.tiny_depth < 1:
-        raise ConfigError("model.backbone.tiny_width and model.backbone.tiny_depth must be >= 1")
     if len(cfg.model.box_coder.weights) != 4:
         raise ConfigError("model.box_coder.weights: expected 4 numbers")
     if not cfg.data.min_size:
         raise ConfigError("data.min_size: needs at least one size")
-    if cfg.train.batch_size < 1 or cfg.train.iterations < 1:
-        raise ConfigError("train.batch_size and train.iterations must be >= 1")
     if any(not 0.0 < s < 1.0 for s in cfg.train.steps):
         raise ConfigError("train.steps: fractions of train.iterations, each in (0, 1)")
     if not 0.0 <= cfg.train.ema_decay < 1.0:

@@ -2,14 +2,17 @@
 
 Dimensions: n = kept GT boxes of one image, k = crowd regions kept as ignore regions.
 
-Construction reads the annotation file with pycocotools, checks that every image file exists, and
-turns each image's annotations into numpy arrays (boxes xyxy in original pixels, clipped to the
-image; contiguous labels). Every annotation lands in exactly one bucket of `DataReport`, checked in
-this order: unknown image id -> malformed (no 4 finite bbox numbers) -> unknown category ->
-crowd dropped (when `DataConfig.crowd` is "drop") -> degenerate (width or height <= 0) -> outside
-the image (no overlap; touching the border counts as outside) -> kept, clipped to the image (crowd
-ones as ignore regions). A box that overlaps the image keeps a positive size after clipping, so
-"degenerate after clipping" needs no separate check.
+Construction reads the annotation file (`annotations.read_annotations`), checks that every image file
+exists and can be used (`verify.image_problem`: a missing file aborts, since it usually means a wrong
+folder; a corrupt one, or one whose size disagrees with the file, is skipped and counted, so that one
+bad val image cannot fail a run after its training), and turns each image's annotations into numpy
+arrays (boxes xyxy in original pixels, clipped to the image; contiguous labels). Every annotation lands
+in exactly one bucket of `DataReport`, checked in this order: unknown image id -> malformed (no 4 finite
+bbox numbers) -> unknown category (these three shared with `anchorlab data stats` through
+`annotations.screen_annotations`) -> on a skipped image file -> crowd dropped (when `DataConfig.crowd` is "drop") ->
+degenerate (width or height <= 0) -> outside the image (no overlap; touching the border counts as
+outside) -> kept, clipped to the image (crowd ones as ignore regions). A box that overlaps the image
+keeps a positive size after clipping, so "degenerate after clipping" needs no separate check.
 
 Sample keys: `dataset[i]` with an int, or `dataset[(i, aug_seed)]` with the per-draw augmentation
 seed the training sampler supplies (`detector.data.sampler.AugSeedSampler`). An int key in training
@@ -17,10 +20,7 @@ mode uses `derive_seed(i)`, so it is reproducible but the same on every call. Ev
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-import math
+import logging
 import os
 from dataclasses import asdict, dataclass
 
@@ -30,18 +30,22 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from detector.config import DataConfig
+from detector.data.annotations import read_annotations, screen_annotations
+from detector.data.errors import DataError
 from detector.data.transforms import EvalTransform, TrainTransform, derive_seed
+from detector.data.verify import UNREADABLE, image_problem
 
-
-class DataError(ValueError):
-    """A data problem the user must fix, as one line naming the file."""
+log = logging.getLogger("anchorlab")
+SKIPPED_NAMED = 3  # skipped image files named in the log; the rest are counted
 
 
 @dataclass
 class DataReport:
-    """What loading the annotations kept and dropped (each annotation is counted once)."""
+    """What loading kept and dropped: image files, then annotations (each annotation is counted once)."""
 
-    images: int = 0
+    images: int = 0  # usable images (the dataset's length)
+    images_unreadable: int = 0  # skipped: the file is corrupt (truncated, not an image, bad checksum)
+    images_wrong_size: int = 0  # skipped: the file's size is not the annotation file's width x height
     annotations_kept: int = 0
     crowd_ignored: int = 0
     crowd_dropped: int = 0
@@ -50,61 +54,22 @@ class DataReport:
     dropped_unknown_category: int = 0
     dropped_unknown_image: int = 0  # image_id not among the file's images
     dropped_malformed: int = 0  # bbox missing, not 4 numbers, or not finite
+    dropped_skipped_image: int = 0  # on an image file skipped as unreadable or of the wrong size
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 
     def summary(self) -> str:
         dropped = {k[len("dropped_"):]: v for k, v in self.as_dict().items() if k.startswith("dropped_") and v}
-        text = (f"{self.images} images, {self.annotations_kept} boxes kept, "
-                f"crowd {self.crowd_ignored} ignored / {self.crowd_dropped} dropped")
+        text = f"{self.images} images"
+        skipped = {"unreadable": self.images_unreadable, "wrong size": self.images_wrong_size}
+        if any(skipped.values()):
+            text += " (skipped " + ", ".join(f"{v} {k}" for k, v in skipped.items() if v) + ")"
+        text += (f", {self.annotations_kept} boxes kept, "
+                 f"crowd {self.crowd_ignored} ignored / {self.crowd_dropped} dropped")
         if dropped:
             text += ", dropped " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in dropped.items())
         return text
-
-
-def _load_coco(ann_file: str):
-    """pycocotools COCO with its prints silenced and its failures turned into one-line DataErrors."""
-    from pycocotools.coco import COCO
-
-    if not os.path.isfile(ann_file):
-        raise DataError(f"missing annotation file: {ann_file}")
-    try:
-        with open(ann_file) as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"malformed annotation file: {ann_file} ({exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise DataError(f"malformed annotation file: {ann_file} (no 'images' list)")
-    data.setdefault("annotations", [])
-    for key in ("images", "annotations", "categories"):
-        if not all(isinstance(x, dict) for x in data.get(key, [])):
-            raise DataError(f"malformed annotation file: {ann_file} ('{key}' must hold objects)")
-    for key, required in (("images", "id"), ("annotations", "image_id"), ("categories", "id")):
-        for x in data.get(key, []):
-            if required not in x:
-                raise DataError(f"malformed annotation file: {ann_file} (an entry of '{key}' has no '{required}')")
-    for i, ann in enumerate(data["annotations"]):
-        ann.setdefault("id", -(i + 1))  # pycocotools indexes by id; the value is not used here
-        ann.setdefault("category_id", None)
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
-
-
-def _parse_bbox(ann: dict) -> tuple[float, float, float, float] | None:
-    bbox = ann.get("bbox")
-    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-        return None
-    try:
-        x, y, w, h = (float(v) for v in bbox)
-    except (TypeError, ValueError):
-        return None
-    if not all(math.isfinite(v) for v in (x, y, w, h)):
-        return None
-    return x, y, w, h
 
 
 class CocoDetection(Dataset):
@@ -118,8 +83,9 @@ class CocoDetection(Dataset):
         categories: list of {"id", "name"} fixing the label order (label = position); pass the
             training set's `categories` to the validation set. Default: this file's, sorted by id.
     Attributes:
-        categories, cat_id_to_label, label_to_cat_id, num_classes, report, image_ids (every image,
-        including those without annotations), cfg, train, transform.
+        categories, cat_id_to_label, label_to_cat_id, num_classes, report, image_ids (every usable image,
+        including those without annotations), skipped ([(path, reason)] of the image files left out), cfg,
+        train, transform.
     """
 
     def __init__(self, images_dir: str, ann_file: str, cfg: DataConfig, train: bool,
@@ -127,21 +93,35 @@ class CocoDetection(Dataset):
         if cfg.crowd not in ("ignore", "drop"):
             raise DataError(f"data.crowd: '{cfg.crowd}' is not one of ignore, drop")
         self.images_dir, self.ann_file, self.cfg, self.train = str(images_dir), str(ann_file), cfg, train
-        coco = _load_coco(self.ann_file)
+        data = read_annotations(self.ann_file)
         given = categories is not None
         if not given:
-            categories = sorted(coco.dataset.get("categories", []), key=lambda c: c["id"])
+            categories = sorted(data["categories"], key=lambda c: c["id"])
         self.categories = [{"id": int(c["id"]), "name": str(c.get("name", c["id"]))} for c in categories]
         self.label_to_cat_id = [c["id"] for c in self.categories]
         self.cat_id_to_label = {cid: label for label, cid in enumerate(self.label_to_cat_id)}
         if len(self.cat_id_to_label) != len(self.label_to_cat_id):
             raise DataError(f"duplicate category ids in {'the given categories' if given else self.ann_file}")
+        if not self.categories:  # a detector needs at least one class (a head with 0 outputs fails in torch)
+            raise DataError(f"no categories in {self.ann_file}: its 'categories' list must name at least one")
         self.num_classes = len(self.categories)
+        self.report = DataReport()
+        self._read_images(data["images"])
+        self._parse(data["annotations"])
+        self._cache: dict[int, np.ndarray] | None = {} if cfg.cache_images else None
+        if train:
+            self.transform = TrainTransform(tuple(cfg.min_size), cfg.max_size, cfg.flip_prob, tuple(cfg.mean), tuple(cfg.std))
+        else:
+            self.transform = EvalTransform(cfg.test_min_size, cfg.max_size, tuple(cfg.mean), tuple(cfg.std))
 
+    def _read_images(self, images: list[dict]) -> None:
+        """Fill self.image_ids / paths / sizes with the usable image files, self.skipped with the others."""
         self.image_ids: list[int] = []
         self.paths: list[str] = []
         self.sizes: list[tuple[int, int]] = []  # (h, w) as recorded in the annotation file
-        for img in coco.dataset["images"]:
+        self.skipped: list[tuple[str, str]] = []
+        self._all_image_ids: set[int] = set()
+        for img in images:
             if not img.get("file_name"):
                 raise DataError(f"image {img['id']}: no file_name in {self.ann_file}")
             path = os.path.join(self.images_dir, str(img["file_name"]))
@@ -153,35 +133,41 @@ class CocoDetection(Dataset):
                 raise DataError(f"image {img['id']} ({path}): missing or invalid width/height in {self.ann_file}") from None
             if h <= 0 or w <= 0:
                 raise DataError(f"image {img['id']} ({path}): non-positive width/height in {self.ann_file}")
+            if int(img["id"]) in self._all_image_ids:
+                raise DataError(f"duplicate image ids in {self.ann_file}")
+            self._all_image_ids.add(int(img["id"]))
+            problem = image_problem(path, h, w)
+            if problem is not None:
+                self.skipped.append((path, problem))
+                continue
             self.image_ids.append(int(img["id"]))
             self.paths.append(path)
             self.sizes.append((h, w))
-        if len(set(self.image_ids)) != len(self.image_ids):
-            raise DataError(f"duplicate image ids in {self.ann_file}")
-        self.report = DataReport(images=len(self.image_ids))
-        self._cache: dict[int, np.ndarray] | None = {} if cfg.cache_images else None
-        self._parse(coco)
-        if train:
-            self.transform = TrainTransform(tuple(cfg.min_size), cfg.max_size, cfg.flip_prob, tuple(cfg.mean), tuple(cfg.std))
-        else:
-            self.transform = EvalTransform(cfg.test_min_size, cfg.max_size, tuple(cfg.mean), tuple(cfg.std))
+        r = self.report
+        r.images = len(self.image_ids)
+        r.images_unreadable = sum(reason == UNREADABLE for _, reason in self.skipped)
+        r.images_wrong_size = len(self.skipped) - r.images_unreadable
+        if self.skipped:
+            named = ", ".join(f"{p} ({why.replace('_', ' ')})" for p, why in self.skipped[:SKIPPED_NAMED])
+            more = len(self.skipped) - SKIPPED_NAMED
+            log.warning("%s: skipped %d image file(s): %s%s", self.ann_file, len(self.skipped), named,
+                        f" and {more} more" if more > 0 else "")
+        if not self.image_ids:
+            why = f" ({len(self.skipped)} skipped as unreadable or of the wrong size)" if self.skipped else ""
+            raise DataError(f"no usable images in {self.ann_file}{why}")
 
-    def _parse(self, coco) -> None:
+    def _parse(self, annotations: list[dict]) -> None:
         """Fill self.boxes (n,4) / self.labels (n,) / self.ignore (k,4) per image and self.report."""
         r = self.report
-        known = set(self.image_ids)
-        r.dropped_unknown_image = sum(1 for a in coco.dataset["annotations"] if a["image_id"] not in known)
+        by_image, dropped = screen_annotations(annotations, self._all_image_ids, self.cat_id_to_label)
+        r.dropped_unknown_image, r.dropped_malformed = dropped["unknown_image"], dropped["malformed"]
+        r.dropped_unknown_category = dropped["unknown_category"]
+        usable = set(self.image_ids)
+        r.dropped_skipped_image = sum(len(anns) for i, anns in by_image.items() if i not in usable)
         self.boxes, self.labels, self.ignore = [], [], []
         for image_id, (h, w) in zip(self.image_ids, self.sizes):
             boxes, labels, ignore = [], [], []
-            for ann in coco.imgToAnns.get(image_id, []):
-                bbox = _parse_bbox(ann)
-                if bbox is None:
-                    r.dropped_malformed += 1
-                    continue
-                if ann["category_id"] not in self.cat_id_to_label:
-                    r.dropped_unknown_category += 1
-                    continue
+            for ann, bbox in by_image.get(image_id, []):
                 crowd = bool(ann.get("iscrowd", 0))
                 if crowd and self.cfg.crowd == "drop":
                     r.crowd_dropped += 1

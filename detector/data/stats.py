@@ -3,13 +3,16 @@
 Per split: image and object counts, objects per image, box sizes (sqrt(w*h) of the bbox, bins
 matching FPN strides 8..128), box aspect ratios (w/h, log-symmetric bins), per-category counts and
 the COCO small/medium/large shares (by the annotation `area`, thresholds 32^2 and 96^2 as in
-pycocotools). Crowd annotations are counted separately and left out of every histogram.
+pycocotools). Crowd annotations are counted separately and left out of every histogram. Files are read,
+and annotations training cannot use (unknown image or category, no valid bbox) left out and counted, by
+the code training uses (`detector.data.annotations`), so both tell the same story about one file.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
+
+from detector.data.annotations import SCREENED, read_annotations, screen_annotations
 
 COUNT_EDGES = [0, 1, 2, 4, 8, 16, 32, 64]  # objects per image: bin i holds [edge_i, edge_i+1)
 SIZE_EDGES = [0, 8, 16, 32, 64, 128, 256]  # sqrt(w*h) px; the last bin is open
@@ -38,13 +41,13 @@ def _range_labels(edges: list[float], integer: bool) -> list[str]:
 
 
 def _split_stats(coco: dict) -> dict:
-    images = coco.get("images", [])
-    anns = [a for a in coco.get("annotations", []) if not a.get("iscrowd", 0)]
-    names = {c["id"]: c["name"] for c in coco.get("categories", [])}
-    per_image = {img["id"]: 0 for img in images}
-    for a in anns:
-        per_image[a["image_id"]] = per_image.get(a["image_id"], 0) + 1
-    counts = list(per_image.values())
+    images = coco["images"]
+    names = {c["id"]: str(c.get("name", c["id"])) for c in coco["categories"]}
+    by_image, dropped = screen_annotations(coco["annotations"], (img["id"] for img in images), names)
+    usable = [pair for pairs in by_image.values() for pair in pairs]
+    objects = [(a, bbox) for a, bbox in usable if not a.get("iscrowd", 0)]
+    anns = [a for a, _ in objects]
+    counts = [sum(not a.get("iscrowd", 0) for a, _ in by_image.get(img["id"], [])) for img in images]
 
     count_hist = [0] * len(COUNT_EDGES)
     for n in counts:
@@ -55,17 +58,16 @@ def _split_stats(coco: dict) -> dict:
     per_category = {name: 0 for name in names.values()}
     slender = 0
     occluded = [a["visible"] < OCCLUDED for a in anns if "visible" in a]
-    for a in anns:
-        w, h = float(a["bbox"][2]), float(a["bbox"][3])
+    for a, (_, _, w, h) in objects:
         size_hist[_bin(math.sqrt(max(w * h, 0.0)), SIZE_EDGES) - 1] += 1
         if w > 0 and h > 0:
             ar = w / h
             aspect_hist[_bin(ar, ASPECT_EDGES)] += 1
             slender += max(ar, 1 / ar) >= SLENDER_ASPECT
-        area = float(a.get("area", w * h))
+        area = a.get("area")
+        area = float(area) if isinstance(area, (int, float)) else w * h  # not read by training: no reason to fail
         area_split[_bin(area, list(COCO_AREA))] += 1
-        name = names.get(a["category_id"], str(a["category_id"]))
-        per_category[name] = per_category.get(name, 0) + 1
+        per_category[names[a["category_id"]]] += 1
     n_obj = len(anns)
 
     def share(k: int) -> float:
@@ -74,7 +76,8 @@ def _split_stats(coco: dict) -> dict:
     return {
         "images": len(images),
         "objects": n_obj,
-        "crowd": len(coco.get("annotations", [])) - n_obj,
+        "crowd": len(usable) - n_obj,
+        "skipped": dict(dropped),  # annotations left out, per bucket of `annotations.SCREENED`
         "images_without_objects": sum(n == 0 for n in counts),
         "objects_per_image": {
             "mean": n_obj / len(images) if images else 0.0,
@@ -95,7 +98,8 @@ def _split_stats(coco: dict) -> dict:
 def dataset_stats(path: str | Path) -> dict:
     """Statistics of a dataset dir holding instances_<split>.json, or of one COCO JSON file.
 
-    Returns {'path': str, 'splits': {split: {...}}}; see `_split_stats` for the per-split keys.
+    Returns {'path': str, 'splits': {split: {...}}}; see `_split_stats` for the per-split keys. A missing
+    folder or file raises FileNotFoundError, a malformed file `DataError`, both one line naming it.
     """
     path = Path(path)
     if path.is_file():
@@ -104,7 +108,7 @@ def dataset_stats(path: str | Path) -> dict:
         files = {p.stem.removeprefix("instances_"): p for p in sorted(path.glob("instances_*.json"))}
         if not files:
             raise FileNotFoundError(f"no instances_*.json in {path}")
-    return {"path": str(path), "splits": {s: _split_stats(json.loads(p.read_text())) for s, p in files.items()}}
+    return {"path": str(path), "splits": {s: _split_stats(read_annotations(str(p))) for s, p in files.items()}}
 
 
 def _table(title: str, hist: dict, total: int) -> list[str]:
@@ -116,6 +120,11 @@ def _table(title: str, hist: dict, total: int) -> list[str]:
     return lines
 
 
+def _skipped_text(skipped: dict[str, int]) -> str:
+    parts = [f"{skipped[k]} {k.replace('_', ' ')}" for k in SCREENED if skipped.get(k)]
+    return f"; skipped as training does: {', '.join(parts)} annotation(s)" if parts else ""
+
+
 def format_stats(stats: dict) -> str:
     """Plain-text tables, one block per split."""
     blocks = []
@@ -124,7 +133,8 @@ def format_stats(stats: dict) -> str:
         area = s["coco_area_share"]
         lines = [
             f"== {split}: {s['images']} images, {s['objects']} objects"
-            + (f" (+{s['crowd']} crowd)" if s["crowd"] else ""),
+            + (f" (+{s['crowd']} crowd)" if s["crowd"] else "")
+            + _skipped_text(s["skipped"]),
             f"  objects/image mean {opi['mean']:.2f}  min {opi['min']}  max {opi['max']}"
             f"  images without objects {s['images_without_objects']}",
             f"  COCO area: small {100 * area['small']:.1f}%  medium {100 * area['medium']:.1f}%"

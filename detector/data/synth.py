@@ -28,15 +28,15 @@ import dataclasses
 import hashlib
 import json
 import multiprocessing as mp
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from PIL import Image
 
-from detector.config import SynthConfig
+from detector.config import ConfigError, SynthConfig
+from detector.config.ranges import check_synth
+from detector.data.staging import check_destination, staged_folder
 from detector.data.synth_draw import CATEGORIES, CATEGORY_SPECS, _background, _loguniform, _render_object
 
 GENERATOR_VERSION = 1
@@ -54,14 +54,11 @@ NOISE_STD = (1.0, 2.0)  # sensor noise std = a + b * clutter (it roughly doubles
 
 
 def _check(cfg: SynthConfig) -> None:
-    if min(cfg.train, cfg.val, cfg.seed) < 0 or cfg.size < 32 or cfg.max_objects < 1:
-        raise ValueError("synth: need train, val, seed >= 0, size >= 32, max_objects >= 1")
-    if not (0 <= cfg.slender_share and 0 <= cfg.acentric_share and cfg.slender_share + cfg.acentric_share <= 1):
-        raise ValueError("synth: slender_share and acentric_share must be >= 0 and sum to <= 1")
-    if not (0 <= cfg.crowding <= 1 and 0 <= cfg.clutter <= 1 and 0 < cfg.min_visible <= 1):
-        raise ValueError("synth: crowding and clutter must lie in [0, 1], min_visible in (0, 1]")
-    if not 0 < cfg.min_object_size < cfg.max_object_frac * cfg.size:
-        raise ValueError("synth: need 0 < min_object_size < max_object_frac * size")
+    """The config's ranges and rules (`detector.config.ranges.check_synth`) as a one-line ConfigError."""
+    try:
+        check_synth(cfg)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def dataset_dir_name(cfg: SynthConfig) -> str:
@@ -182,16 +179,28 @@ def _coco(cfg: SynthConfig, split: str, anns_per_image: list[list[dict]]) -> dic
             "annotations": annotations, "categories": categories}
 
 
-def generate(out_dir: str | Path, cfg: SynthConfig, workers: int = 2,
-             progress: Callable[[int, int], None] | None = None) -> Path:
-    """Write the dataset of `cfg` to `out_dir` (replacing it): images/<split>/NNNNNN.png,
-    instances_<split>.json, meta.json. Built in a temp dir next to `out_dir`, renamed at the end.
-    `progress(done, total)` is called in this process as images finish."""
-    _check(cfg)
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+def written_by_synth(folder: Path) -> bool:
+    """Whether `folder` holds a dataset this generator published (its meta.json names the generator)."""
     try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "generator_version" in meta and str(meta.get("name", "")).startswith("shapes-")
+
+
+def generate(out_dir: str | Path, cfg: SynthConfig, workers: int = 2,
+             progress: Callable[[int, int], None] | None = None, force: bool = False) -> Path:
+    """Write the dataset of `cfg` to `out_dir`: images/<split>/NNNNNN.png, instances_<split>.json, meta.json.
+
+    Built in a locked temporary folder beside `out_dir` and renamed into place at the end, replacing a
+    dataset written here before; a non-empty `out_dir` that is not such a dataset is refused unless
+    `force` (a one-line DataError before any work), the current folder always. Temporary folders of
+    killed generations are removed first (`detector.data.staging`). `progress(done, total)` is called
+    in this process as images finish.
+    """
+    _check(cfg)
+    out = check_destination(out_dir, force, written_by_synth)
+    with staged_folder(out, force, written_by_synth) as tmp:
         counts = {"train": cfg.train, "val": cfg.val}
         results = {split: [None] * n for split, n in counts.items()}
         for split in SPLITS:
@@ -220,27 +229,18 @@ def generate(out_dir: str | Path, cfg: SynthConfig, workers: int = 2,
                 "splits": {s: {"images": counts[s], "objects": sum(map(len, results[s])),
                                "annotations": f"instances_{s}.json", "image_dir": f"images/{s}"} for s in SPLITS}}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-            out_dir.rename(old / out_dir.name)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return out
 
 
 def ensure_dataset(root: str | Path, cfg: SynthConfig, workers: int = 2,
                    progress: Callable[[int, int], None] | None = None) -> Path:
-    """root/dataset_dir_name(cfg), generated first if its meta.json is missing."""
+    """root/dataset_dir_name(cfg), generated first if its meta.json is missing (replacing whatever is
+    there: the folder name is this generator's)."""
     path = Path(root) / dataset_dir_name(cfg)
     if not (path / "meta.json").is_file():
-        generate(path, cfg, workers=workers, progress=progress)
+        generate(path, cfg, workers=workers, progress=progress, force=True)
     return path
 
 
 __all__ = ["GENERATOR_VERSION", "CATEGORIES", "CATEGORY_SPECS", "dataset_dir_name", "generate", "ensure_dataset",
-           "render_image"]
+           "render_image", "written_by_synth"]

@@ -15,6 +15,13 @@ class TrainHooks:
     def on_iteration(self, iteration: int, scalars: dict[str, float]) -> None:
         """Called every `train.log_every` iterations: losses, lr, assignment diagnostics, timing."""
 
+    def before_checkpoint(self, iteration: int) -> None:
+        """Called just before the checkpoint of `iteration` is written: make everything reported so far durable.
+
+        A run resumed from that checkpoint never reports those iterations again, so what is only buffered
+        when the checkpoint is published would be a gap in its curves after a kill.
+        """
+
     def on_checkpoint(self, iteration: int, path: Path) -> None:
         """Called after a checkpoint is written."""
 
@@ -49,6 +56,10 @@ class HookList(TrainHooks):
     def on_iteration(self, iteration, scalars):
         for h in self.hooks:
             h.on_iteration(iteration, scalars)
+
+    def before_checkpoint(self, iteration):
+        for h in self.hooks:
+            h.before_checkpoint(iteration)
 
     def on_checkpoint(self, iteration, path):
         for h in self.hooks:

@@ -19,7 +19,8 @@ import torch
 from detector.config import Config, config_to_dict
 from detector.data.build import build_datasets
 from detector.data.sampler import build_train_loader
-from detector.engine.checkpoint import LAST, load_checkpoint, save_checkpoint
+from detector.engine.checkpoint import (LAST, CheckpointError, check_trained_with, claim_workdir,
+                                        load_checkpoint, load_weights, provenance, save_checkpoint)
 from detector.engine.diagnostics import GT_WITHOUT_POS_MEAN, assignment_diagnostics
 from detector.engine.ema import ModelEma
 from detector.engine.evaluate import evaluate_metrics, evaluate_model
@@ -64,14 +65,27 @@ def train(cfg: Config, workspace: Path, hooks: TrainHooks | None = None, resume:
     """Train `cfg` to its last iteration (or resume from `workdir`'s last checkpoint), then evaluate.
 
     `workdir` holds the checkpoints and evaluation files (default `checkpoints/<run key>` in `workspace`;
-    tracked runs pass a folder of their own). A non-finite loss stops the run as FAILED with reason
-    "diverged at iteration N" (1-based); so does an assigner that gives no positive for
-    `train.fail_without_positives` iterations in a row. With `train.eval_every` > 0 the val split is
-    evaluated every that many iterations (`hooks.on_eval` at that step); a hook whose `should_stop` then
-    says so ends the run as PRUNED at that iteration. With `train.ema_decay` > 0 every evaluation (during
-    training and at the end) is of the weights' EMA (`engine.ema`), which checkpoints carry as "ema".
+    tracked runs pass a folder of their own). One training holds a workdir at a time: a second one there
+    raises `CheckpointError` (`checkpoint.claim_workdir`). Resuming checks that the checkpoint was trained
+    with this config's model (`checkpoint.check_trained_with`; an unreadable or foreign one raises
+    `CheckpointError`). Before every checkpoint is written, `hooks.before_checkpoint` makes what was
+    reported so far durable, so a run resumed from it has no gap; the last checkpoint is written before
+    the final evaluation.
+
+    A non-finite loss stops the run as FAILED with reason "diverged at iteration N" (1-based); so does an
+    assigner that gives no positive for `train.fail_without_positives` iterations in a row. With
+    `train.eval_every` > 0 the val split is evaluated every that many iterations (`hooks.on_eval` at that
+    step); a hook whose `should_stop` then says so ends the run as PRUNED at that iteration. With
+    `train.ema_decay` > 0 every evaluation (during training and at the end) is of the weights' EMA
+    (`engine.ema`), which checkpoints carry as "ema".
     """
-    hooks = hooks or TrainHooks()
+    workdir = Path(workdir) if workdir is not None else run_dir(workspace, run_key(cfg))
+    with claim_workdir(workdir):
+        return _train(cfg, Path(workspace), hooks or TrainHooks(), resume, workdir)
+
+
+def _train(cfg: Config, workspace: Path, hooks: TrainHooks, resume: bool, workdir: Path) -> TrainResult:
+    """`train` in a workdir this process holds."""
     t0 = time.perf_counter()
     tc = cfg.train
     if tc.num_threads > 0:
@@ -79,8 +93,6 @@ def train(cfg: Config, workspace: Path, hooks: TrainHooks | None = None, resume:
     seed_everything(tc.seed, tc.deterministic)
     device = resolve_device(tc.device)
     torch.set_flush_denormal(tc.flush_denormal)
-    workdir = Path(workdir) if workdir is not None else run_dir(workspace, run_key(cfg))
-    workdir.mkdir(parents=True, exist_ok=True)
 
     train_set, val_set = build_datasets(cfg, workspace)
     num_classes = cfg.model.num_classes or train_set.num_classes
@@ -89,10 +101,14 @@ def train(cfg: Config, workspace: Path, hooks: TrainHooks | None = None, resume:
     use_amp = tc.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
+    meta = provenance(cfg)  # stored in every checkpoint: what the weights were trained with
     start, state = 0, {}
     if resume and (workdir / LAST).is_file():
         state = load_checkpoint(workdir / LAST, map_location=device)
-        model.load_state_dict(state["model"])
+        check_trained_with(state, cfg, workdir / LAST)
+        if "optimizer" not in state:
+            raise CheckpointError(f"checkpoint {workdir / LAST} holds no optimizer state: it cannot be resumed")
+        load_weights(model, state["model"], workdir / LAST)
         optimizer.load_state_dict(state["optimizer"])
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
@@ -167,7 +183,8 @@ def train(cfg: Config, workspace: Path, hooks: TrainHooks | None = None, resume:
             for kind, records in step.method.records(result, tc.record_gts, done).items():
                 hooks.on_records(done, kind, records)
         if tc.checkpoint_every > 0 and done % tc.checkpoint_every == 0 and done < tc.iterations:
-            last_ckpt = save_checkpoint(workdir / LAST, model, optimizer, scaler, done, ema)
+            hooks.before_checkpoint(done)
+            last_ckpt = save_checkpoint(workdir / LAST, model, optimizer, scaler, done, ema, meta)
             hooks.on_checkpoint(done, last_ckpt)
         if tc.eval_every > 0 and done % tc.eval_every == 0 and done < tc.iterations:
             metrics = evaluate_metrics(eval_model, val_set, cfg, device, progress=hooks.on_eval_progress)
@@ -182,7 +199,8 @@ def train(cfg: Config, workspace: Path, hooks: TrainHooks | None = None, resume:
 
     if no_pos_n:  # one number per run for tables: the mean over the iterations this process logged
         hooks.on_iteration(tc.iterations, {GT_WITHOUT_POS_MEAN: no_pos_sum / no_pos_n})
-    last_ckpt = save_checkpoint(workdir / LAST, model, optimizer, scaler, tc.iterations, ema)
+    hooks.before_checkpoint(tc.iterations)
+    last_ckpt = save_checkpoint(workdir / LAST, model, optimizer, scaler, tc.iterations, ema, meta)
     hooks.on_checkpoint(tc.iterations, last_ckpt)
     result = TrainResult("FINISHED", iterations=tc.iterations, checkpoint=last_ckpt)
     if tc.eval_at_end:
