@@ -240,11 +240,12 @@ def viz_assign(
     from ablation.tracking.store import resolve_tracking_uri, workspace_dir
     from dashboards.run_figures import draw_run_figures
 
-    uri = resolve_tracking_uri(tracking_uri, workspace_dir(workspace))
-    try:
-        paths = draw_run_figures(uri, run_id, out / run_id, log=log)
-    except RunNotFound as exc:
-        _fail(str(exc))
+    with _user_errors():  # an unwritable workspace or --out: one line
+        uri = resolve_tracking_uri(tracking_uri, workspace_dir(workspace))
+        try:
+            paths = draw_run_figures(uri, run_id, out / run_id, log=log)
+        except RunNotFound as exc:
+            _fail(str(exc))
     typer.echo(f"wrote {len(paths)} figures to {out / run_id}" + (" and logged them to the run" if log and paths else ""))
 
 
@@ -273,18 +274,11 @@ _SEEDS_HELP = "Seeds to run, e.g. 0 or 0,1,2, instead of the profile's (quick pr
 
 def _load_study(file: Path, profile: Optional[str], seeds: Optional[str]):
     """The study and the profile name, with `--seeds` applied."""
-    from ablation.study.expand import load_study, with_seeds
-    from ablation.study.source import StudyError
+    from ablation.study.expand import load_study, parse_seeds, with_seeds
 
     study = load_study(file)
     profile = profile or study.default_profile()
-    if seeds is not None:
-        try:
-            values = [int(x) for x in seeds.split(",") if x.strip()]
-        except ValueError:
-            raise StudyError(f"--seeds: expected comma-separated integers, got '{seeds}'") from None
-        study = with_seeds(study, profile, values)
-    return study, profile
+    return (study if seeds is None else with_seeds(study, profile, parse_seeds(seeds))), profile
 
 
 @study_app.command("run")

@@ -120,6 +120,14 @@ def load_study(path: str | Path) -> Study:
     return study
 
 
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds` as given on the command line ("0,1,2") as a list of ints."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise StudyError(f"--seeds: expected comma-separated integers, got '{text}'") from None
+
+
 def with_seeds(study: Study, profile: str, seeds: list[int]) -> Study:
     """`study` with `profile` run over `seeds` instead of its own (a copy; e.g. one seed where three do not
     fit the time at hand: tables then say "1 seed" rather than inventing an interval)."""
