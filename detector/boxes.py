@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou  # [N,4] x [M,4] -> [N,M]
 
-__all__ = ["box_iou", "batched_box_iou", "box_iof", "box_centers", "point_box_distances", "aligned_iou", "aligned_giou"]
+__all__ = ["box_iou", "batched_box_iou", "box_iof", "box_centers", "point_box_distances", "centerness", "pseudo_iou",
+           "aligned_iou", "aligned_giou"]
 
 
 def box_area(boxes: Tensor) -> Tensor:
@@ -56,6 +57,30 @@ def point_box_distances(points: Tensor, boxes: Tensor) -> Tensor:
     inside the box (ATSS's centre test, FCOS's regression targets and centerness).
     """
     return torch.cat([points - boxes[..., :2], boxes[..., 2:] - points], dim=-1)
+
+
+def centerness(ltrb: Tensor) -> Tensor:
+    """FCOS centerness sqrt(min(l, r) / max(l, r) x min(t, b) / max(t, b)) of distances [..., 4] -> [...] in [0, 1].
+
+    Negative distances (a point outside its box) count as 0; a ratio's denominator is at least 1e-6.
+    """
+    lr = ltrb[..., 0::2].clamp(min=0)
+    tb = ltrb[..., 1::2].clamp(min=0)
+    ratio = (lr.amin(-1) / lr.amax(-1).clamp(min=1e-6)) * (tb.amin(-1) / tb.amax(-1).clamp(min=1e-6))
+    return ratio.sqrt()
+
+
+def pseudo_iou(ltrb: Tensor) -> Tensor:
+    """Pseudo-IoU (Li et al., CVPRW 2021, Alg. 1) of points in their boxes, closed form: [..., 4] (l, t, r, b) -> [...].
+
+    The pseudo box has the box's size w x h and is centred on the point; it meets the box in a
+    (w - |dx|) x (h - |dy|) box, where dx = (l - r) / 2 and dy = (t - b) / 2 are the point's offsets from the
+    box centre. With a = (1 - |dx|/w)(1 - |dy|/h): pIoU = a w h / (2 w h - a w h) = a / (2 - a). Scale-free (the
+    stride normalisation of the reference changes nothing); in (1/7, 1] for a point strictly inside its box.
+    """
+    w, h = ltrb[..., 0] + ltrb[..., 2], ltrb[..., 1] + ltrb[..., 3]
+    a = (1 - (ltrb[..., 0] - ltrb[..., 2]).abs() / (2 * w)) * (1 - (ltrb[..., 1] - ltrb[..., 3]).abs() / (2 * h))
+    return a / (2 - a)
 
 
 def aligned_iou(a: Tensor, b: Tensor) -> Tensor:

@@ -21,10 +21,14 @@ from torch import Tensor
 from detector.assigners import assign
 from detector.assigners.atss import ATSSConfig, assign_atss
 from detector.assigners.base import AssignFn, AssignInputs, AssignResult
+from detector.assigners.centerness_threshold import CenternessThresholdConfig, assign_centerness_threshold
+from detector.assigners.fcos import FCOSConfig, assign_fcos_inside
 from detector.assigners.max_iou import MaxIoUConfig, assign_max_iou
 from detector.assigners.paa import PAAConfig, assign_paa
 from detector.assigners.paa_details import paa_records, paa_summary
-from detector.box_coder import BoxCoder
+from detector.assigners.pseudo_iou import PseudoIoUConfig, assign_pseudo_iou
+from detector.assigners.scaled_box import ScaledBoxConfig, assign_scaled_box
+from detector.box_coder import BoxCoder, Coder, LTRBCoder
 from detector.data.batch import Batch
 from detector.losses.dense import dense_losses
 from detector.model.anchors import anchors_per_location
@@ -32,7 +36,9 @@ from detector.model.anchors import anchors_per_location
 if TYPE_CHECKING:  # annotation only: the head imports detector.config, which imports this module
     from detector.model.head import HeadOutput
 
-BOX_CODINGS = ("delta",)  # "delta": (dx, dy, dw, dh) w.r.t. the anchors (`BoxCoder`); "ltrb" (FCOS points) comes next
+# "delta": (dx, dy, dw, dh) w.r.t. the anchors (`BoxCoder`); "ltrb": FCOS distances from the anchors' centres (the
+# points, one per location) to the box's sides, divided by the stride (`LTRBCoder`)
+BOX_CODINGS = ("delta", "ltrb")
 SCORE_FUSIONS = ("none", "product", "sqrt_product")  # detection score: cls, cls x aux, sqrt(cls x aux)
 
 
@@ -44,7 +50,7 @@ class LossInputs:
     anchors: Tensor  # (A, 4) xyxy anchors of all levels, level-major (points: one per location, at its centre)
     num_per_level: list[int]  # anchors (points) of each level, sums to A
     batch: Batch  # images and padded GTs: gt_boxes (B, M, 4) xyxy, gt_labels, gt_valid, crowd regions
-    box_coder: BoxCoder  # the method's coder, from `build_box_coder`
+    box_coder: Coder  # the method's coder, from `build_box_coder`
     cfg: Any  # the run's `detector.config.Config`: its loss, model and assign.<method> sections
 
 
@@ -120,13 +126,23 @@ METHODS: dict[str, Method] = {
     "atss": Method(ATSSConfig, assign_atss, score_fusion="product"),
     "paa": Method(PAAConfig, assign_paa, reads_predictions=True, score_fusion="sqrt_product",
                   summary=paa_summary, records=paa_records),
+    # Points (Li et al., CVPRW 2021): FCOS candidates, then a rule; score = cls x centerness, as mmdetection's FCOS
+    # and the official Pseudo-IoU head (`multiclass_nms(score_factors=centerness)`)
+    "fcos_inside": Method(FCOSConfig, assign_fcos_inside, box_coding="ltrb", score_fusion="product"),
+    "pseudo_iou": Method(PseudoIoUConfig, assign_pseudo_iou, box_coding="ltrb", score_fusion="product"),
+    "scaled_box": Method(ScaledBoxConfig, assign_scaled_box, box_coding="ltrb", score_fusion="product"),
+    "centerness_threshold": Method(CenternessThresholdConfig, assign_centerness_threshold, box_coding="ltrb",
+                                   score_fusion="product"),
 }
 
 
-def build_box_coder(cfg: Any) -> BoxCoder:
-    """The box coder of a run (`detector.config.Config`): its method's `box_coding` with `model.box_coder`'s
-    weights and clamp. Training and inference both build it here."""
+def build_box_coder(cfg: Any) -> Coder:
+    """The box coder of a run (`detector.config.Config`): its method's `box_coding`; "delta" with
+    `model.box_coder`'s weights and clamp, "ltrb" reading each point's stride from its anchor (a square of side
+    `model.anchors.octave_base_scale` x stride). Training and inference both build it here."""
     coding = METHODS[cfg.assign.name].box_coding
+    if coding == "ltrb":
+        return LTRBCoder(cfg.model.anchors.octave_base_scale)
     if coding != "delta":
         raise ValueError(f"box coding '{coding}' has no coder")
     return BoxCoder(cfg.model.box_coder.weights, cfg.model.box_coder.clamp)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, box_iou
 
-from detector.box_coder import BoxCoder
+from detector.box_coder import Coder
 from detector.config import InferenceConfig
 from detector.model.head import HeadOutput
 
@@ -49,7 +49,7 @@ def postprocess(
     anchors: Tensor,
     num_per_level: list[int],
     image_sizes: Tensor,
-    box_coder: BoxCoder,
+    box_coder: Coder,
     cfg: InferenceConfig,
     method_fusion: str,
 ) -> list[dict[str, Tensor]]:

@@ -3,8 +3,8 @@
 The key hashes, as JSON:
   1. `KEY_VERSION`, bumped by hand whenever a default changes behaviour (new code, same config);
   2. the dataset's fingerprint: the synthetic generator's version for `synth` (its options are config
-     fields), the content hash of both annotation files for `coco` (not their paths: a moved dataset
-     is the same dataset);
+     fields), the content hash of both annotation files for `coco`, of both converted splits for `voc`
+     (not their paths: a moved dataset is the same dataset);
   3. the seed;
   4. every config field whose value differs from its default, as `dotted.key: value`, leaving out
      fields that cannot change a result (`NOT_RESULT`: name, device, threads, log/checkpoint/record
@@ -29,6 +29,8 @@ from detector.config import Config, ConfigError
 KEY_VERSION = 3  # 2: ATSS exact centre distances; PAA: order-free anchor scores, float64 GMM, rounding ties resolved; 3: synth defaults min_object_size 16, clutter 0.2
 
 # Fields that cannot change a run's result: what it is called, where it runs, how often it reports.
+# `eval.voc_metric` is not among them: it changes which metrics a run reports, and a run reused by another
+# study copies its metrics, so a key without it would fill a VOC column from a run that never computed it.
 NOT_RESULT = frozenset({
     "name", "data.num_workers", "data.cache_images", "model.channels_last", "train.device", "train.num_threads", "train.log_every",
     "train.checkpoint_every", "train.record_every", "train.record_gts", "train.eval_every", "train.seed",
@@ -92,6 +94,14 @@ def dataset_fingerprint(cfg: Config) -> dict[str, Any]:
         from detector.data.synth import GENERATOR_VERSION
 
         return {"synth_generator": GENERATOR_VERSION}
+    if cfg.data.dataset == "voc":
+        from detector.data.errors import DataError
+        from detector.data.voc import fingerprint
+
+        try:
+            return fingerprint(cfg.data.voc)
+        except DataError as exc:
+            raise ConfigError(str(exc)) from None
     return {"train_json": file_fingerprint(cfg.data.train_json), "val_json": file_fingerprint(cfg.data.val_json)}
 
 
@@ -100,6 +110,10 @@ def key_payload(cfg: Config) -> dict[str, Any]:
     skip = _inactive_sections(cfg)
     if cfg.data.dataset != "synth":
         skip.append("data.synth.")
+    # a VOC set is its fingerprint (not its folder); the VOC section means nothing for other datasets
+    skip.append("data.voc.root" if cfg.data.dataset == "voc" else "data.voc.")
+    if cfg.eval.voc_metric == "none":
+        skip.append("eval.voc_iou")  # the IoU of a metric that is not computed
     fields = {}
     for key, value in changed_fields(cfg).items():
         if key in NOT_RESULT or any(key.startswith(p) for p in skip):

@@ -1,6 +1,8 @@
 """The assigner test matrix: hand-computed fixtures, edge cases, batching, padding, references."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torchvision.models.detection._utils import Matcher
@@ -57,10 +59,12 @@ def random_gts(n_images, max_gt, size=64, seed=0):
     return out
 
 
-def run(name, inputs):
-    """Assign with method `name` at its config defaults, as the training step does."""
+def run(name, inputs, **fields):
+    """Assign with method `name` at its config defaults (but `fields`), as the training step does."""
     cfg = AssignConfig(name=name)
-    return assign(inputs, METHODS[name].assign, method_config(cfg), cfg.ignore_iof)
+    section = method_config(cfg)
+    return assign(inputs, METHODS[name].assign, dataclasses.replace(section, **fields) if fields else section,
+                  cfg.ignore_iof)
 
 
 # ---------------------------------------------------------------- hand-computed fixtures
@@ -193,7 +197,19 @@ HAND_EXPECTED = {
     # g0: EM starts the fg component at the lower score, a0, which stays its peak; scheme c keeps the prefix
     # up to the fg peak, a0, and a4 is negative.
     "paa": [0, BG, 1, BG, BG],
+    # Points (anchor centres; one level, so no size bound): a0 (5, 5), a1 (25, 5), a2 (45, 5), a3 (105, 105),
+    # a4 (8.5, 5). FCOS candidates: a0 and a4 in g0, a2 in g1. The rules, with each positive's pIoU (the IoU of
+    # the GT-sized box centred on the point: a0 1; a2, box [39, 0, 51, 10], 110 / 130 = 11/13; a4, box [3.5, 0,
+    # 13.5, 10] = a4 itself, 65 / 135):
+    "fcos_inside": [0, BG, 1, BG, 0],
+    "pseudo_iou": [0, BG, 1, BG, 0],  # T 0.4: pIoU 1, 0.846, 0.481 all pass
+    "scaled_box": [0, BG, 1, BG, BG],  # s 0.6: a4 is 3.5 px from g0's centre, the scaled box reaches 3 px
+    "centerness_threshold": [0, BG, 1, BG, 0],  # c 0.35: a2 sqrt(5/7) = 0.845, a4 sqrt(1.5/8.5) = 0.420
 }
+# The IoU each method reports for its positives, where it is not the anchor box's (a0 1, a2 100 / 120): points
+# have the pIoU of their pseudo box.
+HAND_IOU = {name: [1.0, 0.0, 11 / 13, 0.0, 65 / 135] for name in ("fcos_inside", "pseudo_iou", "centerness_threshold")}
+HAND_IOU["scaled_box"] = [1.0, 0.0, 11 / 13, 0.0, 0.0]
 
 
 @pytest.mark.parametrize("name", ASSIGNERS)
@@ -202,9 +218,10 @@ def test_hand_computed_fixture(name):
     inputs = make_inputs([(HAND_GTS, [0, 1])], anchors=anchors, counts=[5], strides=[8])
     inputs.cls_logits = torch.full((1, 5, 2), -4.0)
     inputs.pred_boxes = anchors[None].clone()
-    r = run(name, inputs)
+    points = METHODS[name].box_coding == "ltrb"
+    r = run(name, inputs, size_bounds=[]) if points else run(name, inputs)  # one level: no bound between levels
     assert r.matched_gt.tolist() == [HAND_EXPECTED[name]]  # a new method needs its hand-computed case here
-    assert torch.allclose(r.iou[0], torch.tensor([1.0, 0.0, 100 / 120, 0.0, 0.0]))
+    assert torch.allclose(r.iou[0], torch.tensor(HAND_IOU.get(name, [1.0, 0.0, 100 / 120, 0.0, 0.0])))
 
 
 # ---------------------------------------------------------------- edge-case matrix over every assigner

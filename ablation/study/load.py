@@ -14,9 +14,10 @@ one-line errors come back prefixed with the study file, the line and the key tha
     studies/x.yaml:12: rows[3].overrides: unknown key 'train.iteratons'; valid keys here: ...
 
 Schema (top level):  name, description, paper {title, table, file}, base (path or inline config),
-overrides, rows | axes, seeds, profiles {NAME: {configs, overrides, seeds, description}}, metrics,
-layout [{title, label_header, label_columns, rows | groups [{title, rows}]}], baseline (a row label: the
-table adds every other row's AP difference to it, with intervals over seeds and over val images).
+overrides, rows | axes, seeds, profiles {NAME: {configs, overrides, seeds, description}}, metrics (of COCO's
+12 stats, and VOC07_mAP / VOC07_mAP_area when every run sets eval.voc_metric), layout [{title, label_header,
+label_columns, rows | groups [{title, rows}]}], baseline (a row label: the table adds every other row's AP
+difference to it, with intervals over seeds and over val images).
 A row: {label, base, overrides, reference ({METRIC: value} or "training failed"), cells}.
 Axes: {values {dotted.key: [..]}, mode grid|zip, label "K={assign.paa.topk}", reference {label: ..}}.
 Paths are relative to the study file, else to the repository root. Exponent numbers (1e-4, 1.0e12)
@@ -33,6 +34,7 @@ from typing import Any
 from ablation.study.source import Ctx, StudyError, line_of, nest, plain, read_yaml
 from detector.config import ConfigError, deep_merge, flatten, load_yaml
 from detector.evaluation.coco_eval import STAT_NAMES
+from detector.evaluation.voc_eval import METRIC_NAMES as VOC_METRIC_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOP_KEYS = ("name", "description", "paper", "base", "overrides", "rows", "axes", "seeds", "profiles",
@@ -44,6 +46,7 @@ PAPER_KEYS = ("title", "table", "file")
 LAYOUT_KEYS = ("title", "label_header", "label_columns", "rows", "groups")
 GROUP_KEYS = ("title", "rows")
 DEFAULT_METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+METRIC_NAMES = (*STAT_NAMES, *VOC_METRIC_NAMES)  # a VOC column needs eval.voc_metric in every run (expand.py)
 FAILED_REFERENCE = "training failed"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -355,8 +358,8 @@ def parse_study(path: str | Path) -> Study:
     metrics = raw.get("metrics", DEFAULT_METRICS)
     ctx.expect(metrics, list, line_of(raw, "metrics"), "metrics", "a list of metric names")
     for i, m in enumerate(metrics):
-        if m not in STAT_NAMES:
-            raise ctx.error(line_of(metrics, i), "metrics", f"'{m}' is not one of {', '.join(STAT_NAMES)}")
+        if m not in METRIC_NAMES:
+            raise ctx.error(line_of(metrics, i), "metrics", f"'{m}' is not one of {', '.join(METRIC_NAMES)}")
     metrics = [str(m) for m in metrics]
     base = _load_base(ctx, raw["base"], line_of(raw, "base"), "base") if "base" in raw else None
     common, common_lines = nest(ctx, raw.get("overrides"), "overrides", line_of(raw, "overrides"))

@@ -11,18 +11,24 @@ Everything public is importable from `detector.config`.
 from __future__ import annotations
 
 from detector.assigners.atss import ATSSConfig
+from detector.assigners.centerness_threshold import CenternessThresholdConfig
+from detector.assigners.fcos import FCOSConfig
 from detector.assigners.max_iou import MaxIoUConfig
 from detector.assigners.paa_config import PAAConfig
+from detector.assigners.pseudo_iou import PseudoIoUConfig
+from detector.assigners.scaled_box import ScaledBoxConfig
 from detector.config.io import (CHOICES, ConfigError, YamlLoader, build_config, check_delta, config_to_dict,
                                 deep_merge, dump_yaml, flatten, load_config, load_yaml, parse_override)
 from detector.config.schema import AssignConfig, Config
-from detector.config.sections import (AnchorConfig, BackboneConfig, BoxCoderConfig, DataConfig, HeadConfig,
-                                      InferenceConfig, LossConfig, ModelConfig, SynthConfig, TrainConfig,
-                                      VotingConfig)
+from detector.config.sections import (AnchorConfig, BackboneConfig, BoxCoderConfig, DataConfig, EvalConfig,
+                                      HeadConfig, InferenceConfig, LossConfig, ModelConfig, SynthConfig,
+                                      TrainConfig, VocConfig, VotingConfig)
 
 __all__ = [
     "Config", "ConfigError", "SynthConfig", "DataConfig", "BackboneConfig", "AnchorConfig", "HeadConfig",
-    "BoxCoderConfig", "ModelConfig", "AssignConfig", "MaxIoUConfig", "ATSSConfig", "PAAConfig", "LossConfig",
-    "TrainConfig", "VotingConfig", "InferenceConfig", "CHOICES", "YamlLoader", "build_config", "check_delta",
-    "load_config", "load_yaml", "parse_override", "deep_merge", "config_to_dict", "flatten", "dump_yaml",
+    "BoxCoderConfig", "ModelConfig", "AssignConfig", "MaxIoUConfig", "ATSSConfig", "PAAConfig", "FCOSConfig",
+    "PseudoIoUConfig", "ScaledBoxConfig", "CenternessThresholdConfig", "LossConfig",
+    "TrainConfig", "VotingConfig", "InferenceConfig", "VocConfig", "EvalConfig", "CHOICES", "YamlLoader",
+    "build_config", "check_delta", "load_config", "load_yaml", "parse_override", "deep_merge", "config_to_dict",
+    "flatten", "dump_yaml",
 ]

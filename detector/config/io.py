@@ -16,7 +16,8 @@ import yaml
 from detector.assigners.max_iou import LOW_QUALITY_RULES
 from detector.config.ranges import check_ranges
 from detector.config.schema import Config
-from detector.methods import METHODS, SCORE_FUSIONS
+from detector.methods import METHODS, SCORE_FUSIONS, method_config
+from detector.model.anchors import anchors_per_location
 
 
 class ConfigError(ValueError):
@@ -25,16 +26,19 @@ class ConfigError(ValueError):
 
 # Choices a string field may take; checked once in `build_config`.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.dataset": ("synth", "coco"),
+    "data.dataset": ("synth", "coco", "voc"),
+    "data.voc.classes": ("voc", "data"),
     "data.crowd": ("ignore", "drop"),
     "model.backbone.name": ("resnet18", "resnet34", "resnet50", "resnet101", "tiny"),
     "model.head.norm": ("gn", "none"),
     "model.head.aux": ("none", "iou", "centerness"),
-    "loss.reg": ("giou", "l1"),
+    "loss.reg": ("giou", "iou", "l1"),
     "train.optimizer": ("sgd", "adamw"),
     "train.schedule": ("step", "cosine"),
     "inference.score_fusion": ("auto", *SCORE_FUSIONS),
     "assign.max_iou.low_quality": LOW_QUALITY_RULES,
+    "eval.voc_metric": ("none", "11point", "area", "both"),
+    "eval.voc_iou": ("continuous", "legacy"),
 }
 # Choice fields that were booleans once: YAML 1.1 also reads a bare `off` (and `no`) as false, so a boolean
 # keeps its old meaning rather than failing.
@@ -185,6 +189,13 @@ def _check(cfg: Config) -> None:
         for key in ("train_images", "train_json", "val_images", "val_json"):
             if not getattr(cfg.data, key):
                 raise ConfigError(f"data.{key}: required when data.dataset is 'coco'")
+    if cfg.data.dataset == "voc":
+        if not cfg.data.voc.root:
+            raise ConfigError("data.voc.root: required when data.dataset is 'voc' (the folder holding Annotations/)")
+        for key in ("train_split", "val_split"):  # a name of ImageSets/Main/<split>.txt, not a path
+            split = getattr(cfg.data.voc, key)
+            if not split or "/" in split or "\\" in split or split.startswith("."):
+                raise ConfigError(f"data.voc.{key}: expected a split name such as trainval or test, got {split!r}")
     if cfg.model.head.norm == "gn" and cfg.model.head.width % cfg.model.head.gn_groups:
         raise ConfigError("model.head.width: must be divisible by model.head.gn_groups")
     if len(cfg.model.box_coder.weights) != 4:
@@ -195,6 +206,25 @@ def _check(cfg: Config) -> None:
         raise ConfigError("train.steps: fractions of train.iterations, each in (0, 1)")
     if not 0.0 <= cfg.train.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay: must be in [0, 1) (0 = no EMA), got {cfg.train.ema_decay}")
+    if cfg.loss.reg_iou_weighted and cfg.loss.reg_centerness_weighted:
+        raise ConfigError("loss.reg_centerness_weighted: the regression loss is weighted by one target, and "
+                          "loss.reg_iou_weighted is on too")
+    if METHODS[cfg.assign.name].box_coding == "ltrb":
+        _check_points(cfg)
+
+
+def _check_points(cfg: Config) -> None:
+    """A point method reads one square anchor per location: its centre is the point, its side / the anchor
+    scale is the stride (`box_coder.LTRBCoder`); its size bounds separate the levels."""
+    anchors = cfg.model.anchors
+    if anchors_per_location(anchors) != 1 or anchors.aspect_ratios != [1.0]:
+        raise ConfigError(f"model.anchors: method '{cfg.assign.name}' predicts from points, one per location: needs "
+                          f"aspect_ratios [1.0] and scales_per_octave 1, got {anchors.aspect_ratios} and "
+                          f"{anchors.scales_per_octave}")
+    bounds = method_config(cfg.assign).size_bounds
+    if len(bounds) != len(anchors.strides) - 1:
+        raise ConfigError(f"assign.{cfg.assign.name}.size_bounds: {len(anchors.strides)} levels need "
+                          f"{len(anchors.strides) - 1} bounds, got {bounds}")
 
 
 def load_config(paths: list[str | Path] | None = None, overrides: list[str] | None = None) -> Config:

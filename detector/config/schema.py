@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from detector.config.sections import DataConfig, InferenceConfig, LossConfig, ModelConfig, TrainConfig
+from detector.config.sections import DataConfig, EvalConfig, InferenceConfig, LossConfig, ModelConfig, TrainConfig
 from detector.methods import METHODS
 
 AssignConfig = dataclasses.make_dataclass(
@@ -31,3 +31,4 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

@@ -36,11 +36,24 @@ class SynthConfig:
 
 
 @dataclass
+class VocConfig:
+    """A VOC-style dataset (see `detector.data.voc`): root/Annotations/*.xml, root/ImageSets/Main/<split>.txt,
+    root/JPEGImages/. Each split is converted once into a COCO JSON in the workspace, so training and both
+    evaluations read it like any COCO set; VOC's `difficult` objects become crowd boxes there (`data.crowd`)."""
+
+    root: str = ""  # e.g. ~/data/VOCdevkit/VOC2007
+    train_split: str = "trainval"  # VOC2007 protocol: train on trainval, test on test
+    val_split: str = "test"
+    classes: str = "voc"  # "voc": the 20 VOC classes in the devkit's order; "data": sorted names of the train split
+
+
+@dataclass
 class DataConfig:
     """Where the images come from and how they are batched."""
 
-    dataset: str = "synth"  # "synth" (generated into the workspace) or "coco" (paths below)
+    dataset: str = "synth"  # "synth" (generated into the workspace), "coco" (paths below) or "voc" (`voc`)
     synth: SynthConfig = field(default_factory=SynthConfig)
+    voc: VocConfig = field(default_factory=VocConfig)
     train_images: str = ""
     train_json: str = ""
     val_images: str = ""
@@ -49,7 +62,7 @@ class DataConfig:
     max_size: int = 1333
     test_min_size: int = 800
     flip_prob: float = 0.5
-    crowd: str = "ignore"  # "ignore": crowd boxes become ignore regions; "drop": removed
+    crowd: str = "ignore"  # "ignore": crowd boxes (and VOC's difficult objects) become ignore regions; "drop": removed
     size_divisibility: int = 32
     num_workers: int = 0
     # Keep each decoded image in memory after its first read (uint8; ~0.3 MB per 320 px image, per loader
@@ -108,9 +121,11 @@ class ModelConfig:
 class LossConfig:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
-    reg: str = "giou"  # giou | l1
+    reg: str = "giou"  # giou | iou (-log IoU: UnitBox, the Pseudo-IoU paper's AF-baseline) | l1
     reg_weight: float = 1.0
     reg_iou_weighted: bool = False  # PAA: weight each positive's GIoU loss by its IoU target, normalise by their sum
+    # FCOS (mmdetection, the official Pseudo-IoU head): weight it by the positive's centerness target instead
+    reg_centerness_weighted: bool = False
     aux_weight: float = 1.0
 
 
@@ -167,3 +182,16 @@ class InferenceConfig:
     # when the head has an aux branch, else none (`postprocess.resolve_score_fusion`)
     score_fusion: str = "auto"
     voting: VotingConfig = field(default_factory=VotingConfig)
+
+
+@dataclass
+class EvalConfig:
+    """Metrics computed besides the 12 COCO stats (see `detector.evaluation.voc_eval`)."""
+
+    # PASCAL VOC mAP at IoU 0.5 over the same detections and GT file: none | 11point ("VOC07_mAP", the VOC2007
+    # devkit's use_07_metric) | area ("VOC07_mAP_area", all-point, VOC2010+) | both
+    voc_metric: str = "none"
+    # IoU of the VOC metric: "continuous" (w = x2 - x1; on boxes read by `detector.data.voc` it equals the
+    # devkit's IoU on the XML's pixel indices) | "legacy" (w = x2 - x1 + 1 on the given boxes, mmdetection's
+    # use_legacy_coordinate=True)
+    voc_iou: str = "continuous"

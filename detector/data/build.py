@@ -1,4 +1,5 @@
-"""Build the train and val datasets a config names: the embedded benchmark or a COCO-format set."""
+"""Build the train and val datasets a config names: the embedded benchmark, a COCO-format or a VOC-style set
+(converted into COCO JSON in the workspace, `detector.data.voc`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,6 +19,10 @@ def dataset_paths(cfg: Config, workspace: Path, progress=None) -> dict[str, Path
             "train_images": root / "images" / "train", "train_json": root / "instances_train.json",
             "val_images": root / "images" / "val", "val_json": root / "instances_val.json",
         }
+    if d.dataset == "voc":
+        from detector.data.voc import dataset_paths as voc_paths
+
+        return voc_paths(d.voc, Path(workspace) / "data")
     return {k: Path(getattr(d, k)).expanduser() for k in ("train_images", "train_json", "val_images", "val_json")}
 
 

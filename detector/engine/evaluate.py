@@ -1,4 +1,4 @@
-"""Run a detector over a dataset, write COCO results JSON and the 12 COCO metrics."""
+"""Run a detector over a dataset, write COCO results JSON and the 12 COCO metrics (and VOC mAP on request)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +11,7 @@ from torchvision.ops import box_iou
 from detector.config import Config
 from detector.data.sampler import build_eval_loader
 from detector.evaluation.coco_eval import evaluate_detections, write_json
+from detector.evaluation.voc_eval import evaluate_voc
 from detector.methods import METHODS, build_box_coder
 from detector.postprocess import postprocess
 
@@ -61,9 +62,13 @@ def predict(model, dataset, cfg: Config, device, progress: Callable[[int, int], 
 
 
 def _metrics(results: list[dict], aux_pairs: Tensor, dataset, cfg: Config) -> dict[str, float]:
-    """The 12 COCO stats; with an IoU-predicting aux branch also the mean |predicted - true IoU| over all
-    kept detections ("iou_pred_error") and over those with true IoU >= 0.5 ("iou_pred_error_tp")."""
+    """The 12 COCO stats; with `eval.voc_metric` also VOC mAP at IoU 0.5 ("VOC07_mAP" 11-point, "VOC07_mAP_area")
+    over the same detections and GT file; with an IoU-predicting aux branch also the mean |predicted - true IoU|
+    over all kept detections ("iou_pred_error") and over those with true IoU >= 0.5 ("iou_pred_error_tp")."""
     metrics = evaluate_detections(dataset.ann_file, results, image_ids=list(dataset.image_ids))
+    if cfg.eval.voc_metric != "none":
+        metrics.update(evaluate_voc(dataset.ann_file, results, image_ids=list(dataset.image_ids),
+                                    metric=cfg.eval.voc_metric, iou=cfg.eval.voc_iou))
     if len(aux_pairs) and cfg.model.head.aux == "iou":
         err = (aux_pairs[:, 0] - aux_pairs[:, 1]).abs()
         tp = aux_pairs[:, 1] >= 0.5

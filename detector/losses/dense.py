@@ -1,12 +1,13 @@
 """Training losses of a dense detector given an assignment.
 
 - classification: sigmoid focal loss over every non-ignored anchor and class (Lin et al., 2017);
-- regression: GIoU loss of the decoded box (or L1 on the encoded deltas) over positives,
-  multiplied by the assignment's per-positive weight (PAA: also by the detached IoU target, and
-  then normalised by the sum of those targets instead of the number of positives);
+- regression: GIoU loss of the decoded box (or -log IoU, UnitBox's and mmdetection's `IoULoss`, or L1 on
+  the encoded deltas) over positives, multiplied by the assignment's per-positive weight (PAA: also by the
+  detached IoU target; FCOS: by the centerness target; each then normalised by the sum of those targets
+  instead of the number of positives);
 - auxiliary branch: BCE against the IoU of the detached decoded box with its GT (PAA) or the
   anchor centre's centerness (FCOS/ATSS), over positives.
-All three are normalised by the batch's number of positives (at least 1).
+All three are normalised by the batch's number of positives (at least 1), except a weighted regression.
 """
 from __future__ import annotations
 
@@ -18,21 +19,20 @@ from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
 from detector.assigners.base import IGNORE, AssignResult
-from detector.box_coder import BoxCoder
-from detector.boxes import aligned_giou, aligned_iou, box_centers, point_box_distances
+from detector.box_coder import Coder
+from detector.boxes import aligned_giou, aligned_iou, box_centers, centerness, point_box_distances
 
 if TYPE_CHECKING:  # annotations only: detector.methods imports this module, and detector.config imports it
     from detector.config.sections import LossConfig
     from detector.model.head import HeadOutput
 
 
+IOU_LOSS_EPS = 1e-6  # -log(IoU) clamps the IoU at this, as mmdetection's `IoULoss` (eps 1e-6): a finite loss
+
+
 def centerness_target(points: Tensor, gt_boxes: Tensor) -> Tensor:
     """FCOS centerness of points [N, 2] in their GT boxes [N, 4] -> [N] in [0, 1]."""
-    ltrb = point_box_distances(points, gt_boxes)
-    lr = ltrb[:, 0::2].clamp(min=0)
-    tb = ltrb[:, 1::2].clamp(min=0)
-    ratio = (lr.amin(1) / lr.amax(1).clamp(min=1e-6)) * (tb.amin(1) / tb.amax(1).clamp(min=1e-6))
-    return ratio.sqrt()
+    return centerness(point_box_distances(points, gt_boxes))
 
 
 def dense_losses(
@@ -41,7 +41,7 @@ def dense_losses(
     result: AssignResult,
     gt_boxes: Tensor,
     gt_labels: Tensor,
-    box_coder: BoxCoder,
+    box_coder: Coder,
     cfg: LossConfig,
     aux: str,
 ) -> dict[str, Tensor]:
@@ -70,20 +70,22 @@ def dense_losses(
     pred_boxes = box_coder.decode(deltas, pos_anchors)
     if cfg.reg == "giou":
         per_pos = 1.0 - aligned_giou(pred_boxes, gt)
+    elif cfg.reg == "iou":
+        per_pos = -aligned_iou(pred_boxes, gt).clamp(min=IOU_LOSS_EPS).log()
     else:
         per_pos = F.l1_loss(deltas, box_coder.encode(gt, pos_anchors), reduction="none").sum(-1)
     iou_target = aligned_iou(pred_boxes.detach(), gt)
-    if cfg.reg_iou_weighted:  # PAA: well-localised positives count more; normalised by the weights' sum
-        loss_reg = (per_pos * weight * iou_target).sum() / iou_target.sum().clamp(min=1e-6)
+    ctr_target = centerness_target(box_centers(pos_anchors), gt)
+    # PAA: well-localised positives count more; FCOS: central points count more. Normalised by the weights' sum.
+    reg_target = iou_target if cfg.reg_iou_weighted else ctr_target if cfg.reg_centerness_weighted else None
+    if reg_target is not None:
+        loss_reg = (per_pos * weight * reg_target).sum() / reg_target.sum().clamp(min=1e-6)
     else:
         loss_reg = (per_pos * weight).sum() / num_pos
     losses = {"loss_cls": loss_cls, "loss_reg": cfg.reg_weight * loss_reg}
 
     if out.aux_logits is not None:
-        if aux == "iou":
-            aux_target = iou_target
-        else:
-            aux_target = centerness_target(box_centers(pos_anchors), gt)
+        aux_target = iou_target if aux == "iou" else ctr_target
         aux_logits = out.aux_logits[img_idx, anchor_idx].float()
         losses["loss_aux"] = cfg.aux_weight * F.binary_cross_entropy_with_logits(
             aux_logits, aux_target, reduction="sum"
