@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import logging
 import os
 import pickle
 import re
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 import torch
 
 from detector.config import Config, config_to_dict, flatten
+from detector.files import atomic_write
 from detector.run_key import run_key
 
 LAST = "last.pt"
@@ -65,24 +64,14 @@ def provenance(cfg: Config) -> dict[str, Any]:
     return {"config": config_to_dict(cfg), "run_key": run_key(cfg)}
 
 
-@functools.cache
-def _file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def save_checkpoint(path: Path, model, optimizer=None, scaler=None, iteration: int = 0, ema=None,
                     meta: dict[str, Any] | None = None) -> Path:
     """Write the state (module doc; `meta`: `provenance(cfg)`) to `path` atomically and durably.
 
-    The state goes to a temporary file of a unique name in the same folder (so two writers never share one,
-    and the rename stays within one filesystem), is fsynced, then renamed over `path`, and the folder is
-    fsynced: a reader sees the previous file or the new one, whole, even after a crash or power cut. On
-    any error the temporary is removed and `path` is left as it was.
+    Through `files.atomic_write`: a reader sees the previous file or the new one, whole, even after a crash
+    or power cut; on any error `path` is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {"model": model.state_dict(), "iteration": iteration, **(meta or {})}
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
@@ -90,24 +79,8 @@ def save_checkpoint(path: Path, model, optimizer=None, scaler=None, iteration: i
         state["scaler"] = scaler.state_dict()
     if ema is not None:
         state["ema"] = ema.state_dict()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, _file_mode())  # mkstemp's 0600 would hide checkpoints from a team sharing the workspace
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # makes the rename durable; some filesystems cannot fsync a folder
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    with atomic_write(path, binary=True) as fh:
+        torch.save(state, fh)
     return path
 
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from detector.files import atomic_write
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 BACKENDS = ("faster", "pycocotools")
@@ -111,20 +111,10 @@ def evaluate_detections(
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    """Write `obj` as JSON atomically: a temp file in the same folder, then a rename."""
+    """Write `obj` as JSON atomically (`files.atomic_write`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        json.dump(obj, f)
     return path
 
 
