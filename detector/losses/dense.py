@@ -75,7 +75,9 @@ def dense_losses(
     else:
         per_pos = F.l1_loss(deltas, box_coder.encode(gt, pos_anchors), reduction="none").sum(-1)
     iou_target = aligned_iou(pred_boxes.detach(), gt)
-    ctr_target = centerness_target(box_centers(pos_anchors), gt)
+    # only what this run reads: the step's hot path computes no target it throws away
+    needs_ctr = (cfg.reg_centerness_weighted and not cfg.reg_iou_weighted) or (out.aux_logits is not None and aux != "iou")
+    ctr_target = centerness_target(box_centers(pos_anchors), gt) if needs_ctr else None
     # PAA: well-localised positives count more; FCOS: central points count more. Normalised by the weights' sum.
     reg_target = iou_target if cfg.reg_iou_weighted else ctr_target if cfg.reg_centerness_weighted else None
     if reg_target is not None:
