@@ -12,35 +12,13 @@ from typing import List, Optional
 
 import typer
 
+from cli_errors import fail as _fail
+from cli_errors import user_errors as _user_errors
+from cli_viz import viz_app
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Label-assignment ablations for dense detectors.")
 data_app = typer.Typer(no_args_is_help=True, help="The embedded synthetic benchmark and dataset statistics.")
 app.add_typer(data_app, name="data")
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
-
-
-@contextlib.contextmanager
-def _user_errors():
-    """Turn the errors a user can cause (bad config, bad data, missing files) into one line, no traceback."""
-    import errno
-
-    from detector.config import ConfigError
-    from detector.data.coco import DataError
-    from detector.engine.checkpoint import CheckpointError
-
-    try:
-        yield
-    except (ConfigError, DataError, FileNotFoundError, CheckpointError) as exc:
-        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    except OSError as exc:  # a folder we cannot write: read-only filesystem, permissions, a file in the path
-        if exc.filename is None:  # a message of ours, e.g. `workspace_dir`'s, already names the path
-            _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        unwritable = exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
-        _fail(f"{exc.filename}: {exc.strerror or type(exc).__name__}"
-              + ("; choose a writable folder" if unwritable else ""))
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -223,30 +201,7 @@ def ui(
     typer.echo(f"stopped the MLflow UI ({stopped_by or 'it exited'})")
 
 
-viz_app = typer.Typer(no_args_is_help=True, help="Figures drawn from what tracked runs stored.")
-app.add_typer(viz_app, name="viz")
-
-
-@viz_app.command("assign")
-def viz_assign(
-    run_id: str = typer.Argument(..., help="MLflow run id (printed by 'anchorlab train', shown in the UI)."),
-    out: Path = typer.Option(Path("figures"), help="Folder for the PNG files."),
-    log: bool = typer.Option(True, help="Also store the figures with the run (beside its records)."),
-    workspace: Optional[Path] = typer.Option(None),
-    tracking_uri: Optional[str] = typer.Option(None),
-):
-    """Assignment figures of a run: positives per GT and (PAA) GMM fits, from its stored records."""
-    from ablation.tracking.reader import RunNotFound
-    from ablation.tracking.store import resolve_tracking_uri, workspace_dir
-    from dashboards.run_figures import draw_run_figures
-
-    with _user_errors():  # an unwritable workspace or --out: one line
-        uri = resolve_tracking_uri(tracking_uri, workspace_dir(workspace))
-        try:
-            paths = draw_run_figures(uri, run_id, out / run_id, log=log)
-        except RunNotFound as exc:
-            _fail(str(exc))
-    typer.echo(f"wrote {len(paths)} figures to {out / run_id}" + (" and logged them to the run" if log and paths else ""))
+app.add_typer(viz_app, name="viz")  # `anchorlab viz ...`: cli_viz.py
 
 
 # ---------------------------------------------------------------- studies
