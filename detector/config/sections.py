@@ -181,6 +181,16 @@ class InferenceConfig:
     # cls score with the aux branch: none | product | sqrt_product, or auto: the method's own (`Method.score_fusion`)
     # when the head has an aux branch, else none (`postprocess.resolve_score_fusion`)
     score_fusion: str = "auto"
+    # what the per-level top `pre_nms_topk` ranks (`postprocess`): "pairs" (anchor, class) by fused score
+    # (torchvision-like), or "points" (anchors) by their best fused score, keeping every class of a kept point
+    # (mmdetection's FCOS/ATSS `nms_pre`)
+    pre_nms_candidates: str = "pairs"
+    # what `score_thresh` applies to: "fused", the detection score; or "cls", the class probability before the
+    # fusion (mmdetection's `multiclass_nms(score_factors=...)`)
+    threshold_on: str = "fused"
+    # decoded boxes into the resized image: "one_sided" (x1, y1 >= 0, x2 <= w, y2 <= h) or "two_sided" (every
+    # coordinate into [0, w] or [0, h], mmdetection's `distance2bbox(max_shape)`, torchvision's `clip_boxes_to_image`)
+    clip: str = "one_sided"
     voting: VotingConfig = field(default_factory=VotingConfig)
 
 
