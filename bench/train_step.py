@@ -8,12 +8,18 @@ its peak memory (max RSS on CPU, max allocated on CUDA) is its own.
     python bench/train_step.py -c studies/configs/retinanet_iou.yaml -c studies/configs/quick.yaml
     python bench/train_step.py --device cuda --set train.batch_size=16
     python bench/train_step.py -c studies/configs/paa.yaml -c studies/configs/quick.yaml --threads 1
+    python bench/train_step.py -m fcos_inside -m pseudo_iou   # each method against one torchvision FCOS
 
-It also prints the assignment's median time and share of anchorlab's step.
+`-m NAME` times studies/configs/NAME.yaml with the `-c` configs layered on it (default: quick.yaml); repeated,
+one run times every method and torchvision's FCOS once per distinct backbone / FPN / head / batch / image size,
+and prints each method's ratio to it. The point methods (fcos_inside, pseudo_iou) are the like-for-like ones:
+FCOS points, centerness branch, GIoU loss, as torchvision's FCOS. It also prints the assignment's median time and
+share of anchorlab's step.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import subprocess
@@ -109,9 +115,12 @@ def measure(which: str, cfg_paths: list[str], overrides: list[str], device: str,
     assign_times.sort()
     peak = (torch.cuda.max_memory_allocated() if dev.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    shape = {"backbone": dataclasses.asdict(cfg.model.backbone), "fpn_width": cfg.model.head.fpn_width,
+             "num_convs": cfg.model.head.num_convs, "strides": cfg.model.anchors.strides, "batch": b, "size": size}
     return {"which": which, "median_s": times[len(times) // 2], "peak_mb": peak / 2**20, "batch": b, "size": size,
             "assign_s": assign_times[len(assign_times) // 2] if assign_times else None,
-            "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+            "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "method": cfg.assign.name,
+            "shape": json.dumps(shape, sort_keys=True)}  # what the torchvision FCOS is built from
 
 
 def main() -> None:
@@ -122,27 +131,48 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("-m", "--method", action="append", default=[],
+                   help="time studies/configs/NAME.yaml (the -c configs layered on it, default quick.yaml); repeat")
     p.add_argument("--only", choices=["anchorlab", "fcos"], help=argparse.SUPPRESS)
     a = p.parse_args()
-    configs = a.config or [str(ROOT / "studies/configs/atss.yaml"), str(ROOT / "studies/configs/quick.yaml")]
+    if a.method:
+        missing = [m for m in a.method if not (ROOT / f"studies/configs/{m}.yaml").is_file()]
+        if missing:
+            p.error(f"no studies/configs/{missing[0]}.yaml (-m takes a method config's name, e.g. pseudo_iou)")
+        tail = a.config or [str(ROOT / "studies/configs/quick.yaml")]
+        runs = [[str(ROOT / f"studies/configs/{m}.yaml")] + tail for m in a.method]
+    else:
+        runs = [a.config or [str(ROOT / "studies/configs/atss.yaml"), str(ROOT / "studies/configs/quick.yaml")]]
     if a.only:
-        print(json.dumps(measure(a.only, configs, a.set, a.device, a.steps, a.warmup, a.threads)))
+        print(json.dumps(measure(a.only, runs[0], a.set, a.device, a.steps, a.warmup, a.threads)))
         return
-    rows = []
-    for which in ("anchorlab", "fcos"):
+
+    def child(which: str, configs: list[str]) -> dict:
         cmd = [sys.executable, __file__, "--only", which, "--device", a.device, "--steps", str(a.steps),
                "--warmup", str(a.warmup), "--threads", str(a.threads)] + sum([["-c", c] for c in configs], []) + sum([["--set", s] for s in a.set], [])
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
-    print(f"configs: {' + '.join(Path(c).name for c in configs)}  device: {a.device}  threads: {a.threads or 'default'}  "
-          f"batch {rows[0]['batch']} x {rows[0]['size']} px")
-    for r in rows:
-        print(f"  {r['which']:<10} step {1000 * r['median_s']:8.1f} ms   peak {r['peak_mb']:8.1f} MB   "
-              f"params {r['params_m']:.2f} M")
-    print(f"  ratio anchorlab / torchvision FCOS: {rows[0]['median_s'] / rows[1]['median_s']:.2f}")
-    if rows[0]["assign_s"] is not None:  # CPU-accurate; on CUDA the assignment may still be running
-        print(f"  anchorlab assignment: {1000 * rows[0]['assign_s']:.1f} ms median, "
-              f"{100 * rows[0]['assign_s'] / rows[0]['median_s']:.1f}% of the step")
+        return json.loads(out.strip().splitlines()[-1])
+
+    ours, fcos = [], {}  # torchvision FCOS: once per model shape (backbone, FPN, head convs, batch, image size)
+    for configs in runs:
+        ours.append((configs, child("anchorlab", configs)))
+        shape = ours[-1][1]["shape"]
+        if shape not in fcos:
+            fcos[shape] = child("fcos", configs)
+    for configs, r in ours:
+        f = fcos[r["shape"]]
+        print(f"configs: {' + '.join(Path(c).name for c in configs)}  method: {r['method']}  device: {a.device}  "
+              f"threads: {a.threads or 'default'}  batch {r['batch']} x {r['size']} px")
+        for row in (r, f):
+            print(f"  {row['which']:<10} step {1000 * row['median_s']:8.1f} ms   peak {row['peak_mb']:8.1f} MB   "
+                  f"params {row['params_m']:.2f} M")
+        print(f"  ratio anchorlab / torchvision FCOS: {r['median_s'] / f['median_s']:.2f}")
+        if r["assign_s"] is not None:  # CPU-accurate; on CUDA the assignment may still be running
+            print(f"  anchorlab assignment: {1000 * r['assign_s']:.1f} ms median, "
+                  f"{100 * r['assign_s'] / r['median_s']:.1f}% of the step")
+    if len(ours) > 1:
+        ratios = [f"{r['method']} {r['median_s'] / fcos[r['shape']]['median_s']:.2f}" for _, r in ours]
+        print(f"ratio anchorlab / torchvision FCOS (goal <= 1.0): {', '.join(ratios)}")
 
 
 if __name__ == "__main__":

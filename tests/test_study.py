@@ -164,6 +164,39 @@ def test_expansion_order_seeds_and_profiles(tmp_path):
         expand(study, "paper")
 
 
+def test_row_profile_overrides_apply_after_the_profile_without_a_warning(tmp_path):
+    """A row whose axis is what profiles set (a schedule length) gives its value per profile."""
+    rows = [{"label": "Short", "overrides": {"assign.name": "atss"},
+             "profile_overrides": {"smoke": {"train.iterations": 2}, "other": {"train": {"iterations": 30}}}},
+            {"label": "Long", "overrides": {"assign.name": "atss"}, "profile_overrides": {"smoke": {"train.iterations": 6}}}]
+    path = write_study(tmp_path, rows=rows, profiles={"smoke": SMOKE, "other": {"overrides": {"train.iterations": 9}}})
+    study = load_study(path)
+    assert [s.config.train.iterations for s in expand(study, "smoke")] == [2, 6]
+    assert [s.config.train.iterations for s in expand(study, "other")] == [30, 9]
+    assert expand(study, "smoke")[0].config.train.checkpoint_every == 2  # the rest of the profile still applies
+    assert study.warnings["smoke"] == [] and study.warnings["other"] == []
+
+
+@pytest.mark.parametrize("rows, needle, expected", [
+    ([{"label": "A", "profile_overrides": {"papr": {"train.iterations": 3}}}], "papr",
+     "rows[0].profile_overrides: no profile 'papr'; profiles: smoke"),
+    ([{"label": "A", "profile_overrides": {"smoke": {"train.iterations": "ten"}}}], "ten",
+     "rows[0].profile_overrides.smoke: train.iterations: expected an integer, got 'ten'"),
+    ([{"label": "A", "profile_overrides": {"smoke": {"train.seed": 3}}}], "train.seed",
+     "rows[0].profile_overrides.smoke: train.seed is set by the study's 'seeds'"),
+    ([{"label": "A", "profile_overrides": {"smoke": {"train.iteratons": 3}}}], "iteratons",
+     "unknown key"),
+])
+def test_row_profile_overrides_errors_name_the_key_and_line(tmp_path, rows, needle, expected):
+    path = write_study(tmp_path, rows=rows)
+    with pytest.raises(StudyError) as info:
+        load_study(path)
+    message = str(info.value)
+    assert "\n" not in message and expected in message, message
+    if needle != "papr":  # an unknown profile is reported at its row
+        assert message.startswith(f"{path}:{_lines_of(path.read_text(), needle)}: "), message
+
+
 def test_seeds_replace_a_profiles_seeds_in_a_copy(tmp_path):
     from cli import app
 
@@ -274,7 +307,7 @@ def test_table_from_a_real_store(tmp_path, empty_store, monkeypatch):
     study = load_study(write_study(tmp_path, rows=rows, seeds=[0, 1], layout=layout))
     specs = expand(study, "smoke")
     client = MlflowClient(uri)
-    exp_id = client.create_experiment(study.name)
+    exp_id = client.create_experiment(study.name, artifact_location=(tmp_path / "artifacts").as_uri())
     parent = client.create_run(exp_id, tags={"role": "study", "profile": "smoke"}).info.run_id
     by = {(s.label, s.seed): s for s in specs}
     _fake_run(client, exp_id, by["Max IoU", 0], "FINISHED", 0.30, parent)
@@ -334,7 +367,7 @@ def test_status_reports_states_from_the_store(tmp_path, empty_store):
         {"label": "C", "overrides": {"assign.name": "atss", "assign.atss.topk": 3}}]))
     a, b, c = expand(study, "smoke")
     client = MlflowClient(uri)
-    exp_id = client.create_experiment(study.name)
+    exp_id = client.create_experiment(study.name, artifact_location=(tmp_path / "artifacts").as_uri())
     _fake_run(client, exp_id, a, "FINISHED", 0.25)
     _fake_run(client, exp_id, b, "FAILED", reason="diverged at iteration 2")
     entries, running = plan(study, "smoke", ws, uri, RunnerSettings())

@@ -108,7 +108,7 @@ def test_paired_seeds_significance_and_bold_from_a_real_store(tmp_path, empty_st
     study = load_study(write_study(tmp_path, rows=ROWS, seeds=[0, 1, 2], baseline="Base"))
     by = {(s.label, s.seed): s for s in expand(study, "smoke")}
     client = MlflowClient(uri)
-    exp_id = client.create_experiment(study.name)
+    exp_id = client.create_experiment(study.name, artifact_location=(tmp_path / "artifacts").as_uri())
     aps = {"Base": [0.300, 0.310, 0.320], "Better": [0.350, 0.362, 0.371], "Same": [0.305, 0.305, 0.330]}
     for label, values in aps.items():
         for seed, ap in enumerate(values):
@@ -171,11 +171,11 @@ def test_gts_without_a_positive_anchor_and_time_per_run_under_the_table(tmp_path
     study = load_study(write_study(tmp_path, rows=ROWS[:2], seeds=[0, 1]))
     by = {(s.label, s.seed): s for s in expand(study, "smoke")}
     client = MlflowClient(uri)
-    exp_id = client.create_experiment(study.name)
+    exp_id = client.create_experiment(study.name, artifact_location=(tmp_path / "artifacts").as_uri())
     _timed_run(client, exp_id, by["Base", 0], 0, 4.0, share=0.020)
     _timed_run(client, exp_id, by["Base", 1], 600, 5.2, share=0.022)
     _timed_run(client, exp_id, by["Better", 0], 1200, 3.0)  # an older run: no share logged
-    source = _timed_run(client, client.create_experiment("elsewhere"), by["Better", 1], 1800, 9.0)
+    source = _timed_run(client, client.create_experiment("elsewhere", artifact_location=(tmp_path / "artifacts").as_uri()), by["Better", 1], 1800, 9.0)
     # seed 1 of Better reuses a run of another study: its link took no training time here, so it is not timed
     _timed_run(client, exp_id, by["Better", 1], 2400, 0.1, tags={"reused_from": source})
     table = build_table(study, "smoke", runs_frame(uri, study.name, "tags.role = 'row'"))
@@ -224,9 +224,9 @@ def test_bootstrap_over_val_images_from_run_artifacts(tmp_path, workspace, empty
     gt = json.loads(gt_path.read_text())
     noisy = noisy_detections(gt, seed=0, false_per_image=3)
     client = MlflowClient(uri)
-    exp_id = client.create_experiment(study.name)
+    exp_id = client.create_experiment(study.name, artifact_location=(tmp_path / "artifacts").as_uri())
     base = _run_with_detections(client, exp_id, specs["Base"], gt_path, noisy, tmp_path)
-    source = _run_with_detections(client, client.create_experiment("elsewhere"), specs["Same"], gt_path, noisy, tmp_path)
+    source = _run_with_detections(client, client.create_experiment("elsewhere", artifact_location=(tmp_path / "artifacts").as_uri()), specs["Same"], gt_path, noisy, tmp_path)
     link = client.create_run(exp_id, tags={"role": "row", "run_key": specs["Same"].key, "reused_from": source})
     client.log_metric(link.info.run_id, "val/AP", client.get_run(source).data.metrics["val/AP"])
     client.set_terminated(link.info.run_id, "FINISHED")

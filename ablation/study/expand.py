@@ -65,6 +65,8 @@ def _check_overrides(ctx: Ctx, study: Study) -> None:
     """
     mappings = [("overrides", study.common, study.common_lines)]
     mappings += [(f"rows[{row.index}].overrides", row.overrides, row.override_lines) for row in study.rows]
+    mappings += [(f"rows[{row.index}].profile_overrides.{name}", data, lines)
+                 for row in study.rows for name, (data, lines) in row.profile_overrides.items()]
     for where, data, lines in mappings:
         try:
             check_delta(data)
@@ -81,20 +83,23 @@ def _expand(ctx: Ctx, study: Study, profile: Profile) -> tuple[list[StudyRun], l
     for row in study.rows:
         where = f"rows[{row.index}]"
         row_lines = {**study.common_lines, **row.override_lines}
-        if find_line("train.seed", row_lines) is not None:
-            raise ctx.error(find_line("train.seed", row_lines), f"{where}.overrides",
-                            "train.seed is set by the study's 'seeds'")
+        for name, (_, lines) in [("overrides", ({}, row_lines))] + [
+                (f"profile_overrides.{p}", v) for p, v in row.profile_overrides.items()]:
+            if find_line("train.seed", lines) is not None:
+                raise ctx.error(find_line("train.seed", lines), f"{where}.{name}",
+                                "train.seed is set by the study's 'seeds'")
         data = deep_merge(deep_merge(row.base, study.common), row.overrides)
         ours = flatten(deep_merge(study.common, row.overrides))
+        mine, mine_lines = row.profile_overrides.get(profile.name, ({}, {}))
         for dotted, value in flatten(profile.data).items():
-            if dotted in ours and ours[dotted] != value:
+            if dotted in ours and ours[dotted] != value and dotted not in mine_lines:
                 warnings.append(f"{ctx.path}:{row_lines[dotted] if dotted in row_lines else row.line}: {where} "
                                 f"'{row.label}' sets {dotted}={ours[dotted]!r}; profile '{profile.name}' replaces it "
                                 f"with {value!r}")
-        data = deep_merge(data, profile.data)
+        data = deep_merge(deep_merge(data, profile.data), mine)
         base_where = f"{where}.base ({row.base_name})" if row.base_name != "inline" else f"{where}.base"
-        sources = [(f"{where}.overrides", row.override_lines), ("overrides", study.common_lines),
-                   (f"profiles.{profile.name}", profile.lines)]
+        sources = [(f"{where}.profile_overrides.{profile.name}", mine_lines), (f"{where}.overrides", row.override_lines),
+                   ("overrides", study.common_lines), (f"profiles.{profile.name}", profile.lines)]
         cfg = _build(ctx, data, sources, (row.line, base_where))
         missing = [m for m in study.metrics if m in VOC_METRIC_NAMES and m not in metric_names(cfg.eval.voc_metric)]
         if missing:  # else its column would stay empty

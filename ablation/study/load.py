@@ -4,7 +4,8 @@ A study is a paper table: rows (explicit, or generated from `axes`) x `seeds`, u
 One row resolves to one config, in this order (later wins):
 
     base (the study's, or the row's own)  <-  study `overrides`  <-  row `overrides`
-        <-  profile `configs` (files)  <-  profile `overrides`  <-  train.seed = seed
+        <-  profile `configs` (files)  <-  profile `overrides`  <-  row `profile_overrides[profile]`
+        <-  train.seed = seed
 
 That is one level of inheritance: a base plus deltas (DESIGN.md). Profiles are machine settings
 (`paper`, `quick`, `smoke`) applied after the row, so a profile key that replaces a value a row sets
@@ -18,7 +19,9 @@ overrides, rows | axes, seeds, profiles {NAME: {configs, overrides, seeds, descr
 12 stats, and VOC07_mAP / VOC07_mAP_area when every run sets eval.voc_metric), layout [{title, label_header,
 label_columns, rows | groups [{title, rows}]}], baseline (a row label: the table adds every other row's AP
 difference to it, with intervals over seeds and over val images).
-A row: {label, base, overrides, reference ({METRIC: value} or "training failed"), cells}.
+A row: {label, base, overrides, profile_overrides {PROFILE: overrides}, reference ({METRIC: value} or
+"training failed"), cells}. `profile_overrides` is for a row whose very axis is what profiles set (a schedule
+length, a batch size): its value per profile, applied after the profile.
 Axes: {values {dotted.key: [..]}, mode grid|zip, label "K={assign.paa.topk}", reference {label: ..}}.
 Paths are relative to the study file, else to the repository root. Exponent numbers (1e-4, 1.0e12)
 are floats here (YAML 1.2), where PyYAML alone would read them as strings.
@@ -39,7 +42,7 @@ from detector.evaluation.voc_eval import METRIC_NAMES as VOC_METRIC_NAMES
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOP_KEYS = ("name", "description", "paper", "base", "overrides", "rows", "axes", "seeds", "profiles",
             "metrics", "layout", "baseline")
-ROW_KEYS = ("label", "base", "overrides", "reference", "cells")
+ROW_KEYS = ("label", "base", "overrides", "profile_overrides", "reference", "cells")
 AXES_KEYS = ("values", "mode", "label", "reference")
 PROFILE_KEYS = ("description", "configs", "overrides", "seeds")
 PAPER_KEYS = ("title", "table", "file")
@@ -63,6 +66,8 @@ class Row:
     override_lines: dict[str, int]  # dotted key -> line
     reference: dict[str, float | str] | str | None = None
     cells: dict[str, str] = field(default_factory=dict)
+    # profile name -> (nested overrides applied after that profile, dotted key -> line)
+    profile_overrides: dict[str, tuple[dict, dict[str, int]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -160,8 +165,15 @@ def _parse_rows(ctx: Ctx, raw: dict, base: tuple[dict, str] | None, metrics: lis
         cells = node.get("cells") or {}
         ctx.expect(cells, dict, line_of(node, "cells"), f"{key}.cells", "a mapping column -> text")
         rows.append(Row(label, i, line, row_base[0], row_base[1], overrides, lines, reference,
-                        {str(k): "" if v is None else str(v) for k, v in cells.items()}))
+                        {str(k): "" if v is None else str(v) for k, v in cells.items()},
+                        _parse_profile_overrides(ctx, node, key)))
     return rows
+
+
+def _parse_profile_overrides(ctx: Ctx, node: dict, key: str) -> dict[str, tuple[dict, dict[str, int]]]:
+    per = node.get("profile_overrides") or {}
+    ctx.expect(per, dict, line_of(node, "profile_overrides"), f"{key}.profile_overrides", "a mapping profile -> overrides")
+    return {str(name): nest(ctx, v, f"{key}.profile_overrides.{name}", line_of(per, name)) for name, v in per.items()}
 
 
 def _parse_reference(ctx: Ctx, node: Any, line: int, key: str, metrics: list[str]):
@@ -372,8 +384,13 @@ def parse_study(path: str | Path) -> Study:
             raise ctx.error(row.line, f"rows[{row.index}].label", f"'{row.label}' repeats rows[{seen[row.label]}]")
         seen[row.label] = row.index
     seeds = _parse_seeds(ctx, raw["seeds"], line_of(raw, "seeds"), "seeds") if "seeds" in raw else [0]
+    profiles = _parse_profiles(ctx, raw)
+    for row in rows:
+        for unknown in set(row.profile_overrides) - set(profiles):
+            raise ctx.error(row.line, f"rows[{row.index}].profile_overrides",
+                            f"no profile '{unknown}'; profiles: {', '.join(profiles)}")
     return Study(path, name, str(raw.get("description") or ""), {k: str(v) for k, v in paper.items()}, rows,
-                 seeds, _parse_profiles(ctx, raw), metrics, _parse_layout(ctx, raw, rows), common, common_lines,
+                 seeds, profiles, metrics, _parse_layout(ctx, raw, rows), common, common_lines,
                  baseline=_parse_baseline(ctx, raw, rows))
 
 
