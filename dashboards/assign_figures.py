@@ -1,4 +1,4 @@
-"""Figures of what an assigner did during training: PAA GMM fits (paper Fig. 1) and positives per GT."""
+"""Figures of what an assigner did during training: PAA GMM fits (paper Fig. 1), FreeAnchor bags, positives per GT."""
 from __future__ import annotations
 
 import math
@@ -54,6 +54,38 @@ def plot_positives_histogram(counts: list[int], path: str | Path, title: str = "
     ax.set_ylabel("GTs")
     if counts:
         ax.set_title(f"{title} mean {np.mean(counts):.2f}, none {np.mean(np.asarray(counts) == 0):.0%}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_bag_confidence(records: list[dict], path: str | Path, title: str = "") -> Path:
+    """FreeAnchor, one panel per object: its bag's matching confidence P{a_j -> b_i} and each anchor's part of the
+    Mean-max likelihood, both sorted largest first, with the number of anchors holding most (hold_share) of each."""
+    n = max(1, len(records))
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, rec in zip(axes.flat, records):
+        ranks = np.arange(1, rec["bag_size"] + 1)
+        ax.plot(ranks, rec["match"], color="tab:blue", lw=1.2, label="P{a→b}")
+        ax.plot(ranks, rec["share"], color="tab:orange", lw=1.2, label="Mean-max part")
+        for key, color in (("match_holders", "tab:blue"), ("bag_holders", "tab:orange")):
+            if rec[key]:
+                ax.axvline(rec[key] + 0.5, color=color, ls="--", lw=0.8)
+        share = f"{rec['hold_share']:.0%}"
+        ax.set_title(f"img {rec['image']} GT {rec['gt']} cls {rec['label']}: P max {rec['match_max']:.2f} mean "
+                     f"{rec['match_mean']:.2f}\n{share} of P in {rec['match_holders']}, of Mean-max in "
+                     f"{rec['bag_holders']}", fontsize=7)
+        ax.set_ylim(0, 1.02)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("bag anchors, largest first", fontsize=7)
+    axes.flat[0].legend(fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

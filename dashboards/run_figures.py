@@ -10,12 +10,13 @@ from pathlib import Path
 
 from ablation.tracking.reader import run_records
 from ablation.tracking.writer import log_files
-from dashboards.assign_figures import plot_gmm_fits, plot_positives_histogram
+from dashboards.assign_figures import plot_bag_confidence, plot_gmm_fits, plot_positives_histogram
 
 # record kind -> how to draw one record set (records, path, title)
 PLOTS = {
     "positives_per_gt": lambda records, path, title: plot_positives_histogram(records["counts"], path, title),
     "gmm_fits": plot_gmm_fits,
+    "bag_confidence": plot_bag_confidence,  # FreeAnchor
 }
 
 

@@ -31,6 +31,8 @@ from detector.assigners.scaled_box import ScaledBoxConfig, assign_scaled_box
 from detector.box_coder import BoxCoder, Coder, LTRBCoder
 from detector.data.batch import Batch
 from detector.losses.dense import dense_losses
+from detector.losses.free_anchor import FreeAnchorConfig, free_anchor_losses
+from detector.losses.free_anchor_details import bags_result, free_anchor_records, free_anchor_summary
 from detector.model.anchors import anchors_per_location
 
 if TYPE_CHECKING:  # annotation only: the head imports detector.config, which imports this module
@@ -92,6 +94,17 @@ def assign_then_dense(method: Method, inputs: LossInputs) -> LossOutput:
     return LossOutput(losses, result, seconds)
 
 
+def free_anchor_loss(method: Method, inputs: LossInputs) -> LossOutput:
+    """FreeAnchor: the bag likelihood, which matches with gradients (`losses.free_anchor`); its assignment result
+    holds the bags, with the anchors holding most of each bag's Mean-max as positives (`free_anchor_details`)."""
+    out, batch = inputs.out, inputs.batch
+    t = time.perf_counter()
+    losses, bags = free_anchor_losses(out.cls_logits, out.box_deltas, inputs.anchors, batch.gt_boxes, batch.gt_labels,
+                                      batch.gt_valid, inputs.box_coder, method_config(inputs.cfg.assign))
+    seconds = time.perf_counter() - t  # the matching is the loss: its whole forward time
+    return LossOutput(losses, bags_result(bags, *out.cls_logits.shape[:2]), seconds)
+
+
 def no_summary(result: AssignResult) -> dict[str, float]:
     return {}
 
@@ -105,7 +118,7 @@ class Method:
     config: type | None  # dataclass of its section `assign.<name>` (defined beside its code), or None
     assign: AssignFn | None  # pure no-grad (AssignInputs, its config) -> AssignResult; None if the loss matches
     loss: Callable[[Method, LossInputs], LossOutput] = assign_then_dense
-    reads_predictions: bool = False  # `assign` reads AssignInputs.cls_logits / pred_boxes (detached)
+    reads_predictions: bool = False  # `assign` (or a matching loss) reads the predictions (`assign`: detached)
     box_coding: str = "delta"  # one of BOX_CODINGS; `build_box_coder` makes its coder
     score_fusion: str = "none"  # one of SCORE_FUSIONS: what inference.score_fusion "auto" means with an aux branch
     # Diagnostics only this method can read from its own AssignResult (e.g. its `details`):
@@ -133,6 +146,9 @@ METHODS: dict[str, Method] = {
     "scaled_box": Method(ScaledBoxConfig, assign_scaled_box, box_coding="ltrb", score_fusion="product"),
     "centerness_threshold": Method(CenternessThresholdConfig, assign_centerness_threshold, box_coding="ltrb",
                                    score_fusion="product"),
+    # Zhang et al., NeurIPS 2019: no assign step, the loss matches (it reads the predictions, with gradients)
+    "free_anchor": Method(FreeAnchorConfig, None, loss=free_anchor_loss, reads_predictions=True,
+                          summary=free_anchor_summary, records=free_anchor_records),
 }
 
 

@@ -114,6 +114,58 @@ def score_voting(kept_boxes: Tensor, kept_labels: Tensor, boxes: Tensor, scores:
 
 
 @torch.no_grad()
+def candidates(
+    out: HeadOutput,
+    anchors: Tensor,
+    num_per_level: list[int],
+    image_sizes: Tensor,
+    box_coder: Coder,
+    cfg: InferenceConfig,
+    method_fusion: str,
+    topk: int | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The pre-NMS detections of every image: steps 1-4 of `postprocess`, with the per-level top-k given apart.
+
+    Args:
+        as `postprocess`; topk: the per-level top-k (`cfg.pre_nms_topk` for detections), or None for every
+            (anchor, class) pair (FreeAnchor's NMS recall: `detector.evaluation.nms_recall`).
+    Returns:
+        (image, anchor, boxes, scores, labels) of the N pairs above `cfg.score_thresh`: image (N,) index into the
+        batch, anchor (N,) into `anchors`, boxes (N, 4) xyxy in resized pixels (decoded, clipped), scores (N,)
+        fused, labels (N,) class index.
+    """
+    fusion = resolve_score_fusion(cfg.score_fusion, method_fusion, has_aux=out.aux_logits is not None)
+    if cfg.threshold_on not in ("fused", "cls"):
+        raise ValueError(f"inference.threshold_on: '{cfg.threshold_on}' is not one of fused, cls")
+    cls_prob = out.cls_logits.float().sigmoid()  # (B, A, C)
+    scores = fused_scores(out, fusion, cls_prob)
+    on_cls = cfg.threshold_on == "cls"
+    if topk is None:  # every (anchor, class) pair, in (image, anchor, class) order
+        img_idx, anchor_idx, labels = ((cls_prob if on_cls else scores) > cfg.score_thresh).nonzero(as_tuple=True)
+        kept_scores = scores[img_idx, anchor_idx, labels]
+    else:
+        levels, start = [], 0
+        for n in num_per_level:
+            top, cls, anchor, label = level_candidates(scores[:, start:start + n],
+                                                       cls_prob[:, start:start + n] if on_cls else None,
+                                                       topk, cfg.pre_nms_candidates)
+            levels.append((top, cls, anchor + start, label))
+            start += n
+        level_scores, level_cls, level_anchor, level_label = zip(*levels)
+        cand_scores = torch.cat(level_scores, 1)  # (B, K)
+        cand_anchor = torch.cat(level_anchor, 1)
+        cand_label = torch.cat(level_label, 1)
+        thresholded = torch.cat(level_cls, 1) if on_cls else cand_scores
+        img_idx, k_idx = (thresholded > cfg.score_thresh).nonzero(as_tuple=True)
+        anchor_idx, labels = cand_anchor[img_idx, k_idx], cand_label[img_idx, k_idx]
+        kept_scores = cand_scores[img_idx, k_idx]
+    boxes = box_coder.decode(out.box_deltas[img_idx, anchor_idx].float(), anchors[anchor_idx])
+    hw = image_sizes.to(scores.device)[img_idx].to(boxes.dtype)  # (N, 2) = (h, w)
+    boxes = clip_boxes(boxes, hw, cfg.clip)
+    return img_idx, anchor_idx, boxes, kept_scores, labels
+
+
+@torch.no_grad()
 def postprocess(
     out: HeadOutput,
     anchors: Tensor,
@@ -127,8 +179,8 @@ def postprocess(
 
     Steps: 1. class probabilities and fused scores (B, A, C); 2. per level, the top `pre_nms_topk` candidates
     (`pre_nms_candidates`); 3. keep those whose fused score (or class probability, `threshold_on: cls`) is
-    > `score_thresh`; 4. decode and clip (`clip`); 5. class-wise NMS per image at `nms_thresh`; 6. the first
-    `max_detections` by fused score; 7. optional score voting.
+    > `score_thresh`; 4. decode and clip (`clip`) (1-4: `candidates`); 5. class-wise NMS per image at
+    `nms_thresh`; 6. the first `max_detections` by fused score; 7. optional score voting.
 
     Args:
         out: cls logits (B, A, C), box codes (B, A, 4), aux logits (B, A) or None; anchors: (A, 4) xyxy, level-major;
@@ -138,34 +190,9 @@ def postprocess(
         per image, {"boxes": (n, 4) xyxy in resized pixels, "scores": (n,) fused, "labels": (n,)} plus "aux": (n,)
         the aux branch's probability (predicted IoU or centerness) when the head has one.
     """
-    fusion = resolve_score_fusion(cfg.score_fusion, method_fusion, has_aux=out.aux_logits is not None)
-    if cfg.threshold_on not in ("fused", "cls"):
-        raise ValueError(f"inference.threshold_on: '{cfg.threshold_on}' is not one of fused, cls")
-    cls_prob = out.cls_logits.float().sigmoid()  # (B, A, C)
-    scores = fused_scores(out, fusion, cls_prob)
-    b, _, c = scores.shape
-    device = scores.device
-    on_cls = cfg.threshold_on == "cls"
-    levels, start = [], 0
-    for n in num_per_level:
-        top, cls, anchor, label = level_candidates(scores[:, start:start + n],
-                                                   cls_prob[:, start:start + n] if on_cls else None,
-                                                   cfg.pre_nms_topk, cfg.pre_nms_candidates)
-        levels.append((top, cls, anchor + start, label))
-        start += n
-    level_scores, level_cls, level_anchor, level_label = zip(*levels)
-    cand_scores = torch.cat(level_scores, 1)  # (B, K)
-    cand_anchor = torch.cat(level_anchor, 1)
-    cand_label = torch.cat(level_label, 1)
-    thresholded = torch.cat(level_cls, 1) if on_cls else cand_scores
-
-    img_idx, k_idx = (thresholded > cfg.score_thresh).nonzero(as_tuple=True)
-    anchor_idx = cand_anchor[img_idx, k_idx]
-    labels = cand_label[img_idx, k_idx]
-    kept_scores = cand_scores[img_idx, k_idx]
-    boxes = box_coder.decode(out.box_deltas[img_idx, anchor_idx].float(), anchors[anchor_idx])
-    hw = image_sizes.to(device)[img_idx].to(boxes.dtype)  # (N, 2) = (h, w)
-    boxes = clip_boxes(boxes, hw, cfg.clip)
+    img_idx, anchor_idx, boxes, kept_scores, labels = candidates(
+        out, anchors, num_per_level, image_sizes, box_coder, cfg, method_fusion, cfg.pre_nms_topk)
+    b, c = out.cls_logits.shape[0], out.cls_logits.shape[2]
     keep = batched_nms(boxes, kept_scores, img_idx * c + labels, cfg.nms_thresh)  # sorted by score
     aux = out.aux_logits[img_idx, anchor_idx].float().sigmoid() if out.aux_logits is not None else None
     results = []

@@ -31,6 +31,7 @@ KEY_VERSION = 3  # 2: ATSS exact centre distances; PAA: order-free anchor scores
 # Fields that cannot change a run's result: what it is called, where it runs, how often it reports.
 # `eval.voc_metric` is not among them: it changes which metrics a run reports, and a run reused by another
 # study copies its metrics, so a key without it would fill a VOC column from a run that never computed it.
+# The same holds for `eval.nms_recall`, `eval.aspect_ap` and `eval.crowd_ap` (`detector.evaluation.extra`).
 NOT_RESULT = frozenset({
     "name", "data.num_workers", "data.cache_images", "model.channels_last", "train.device", "train.num_threads", "train.log_every",
     "train.checkpoint_every", "train.record_every", "train.record_gts", "train.eval_every", "train.seed",
@@ -114,6 +115,10 @@ def key_payload(cfg: Config) -> dict[str, Any]:
     skip.append("data.voc.root" if cfg.data.dataset == "voc" else "data.voc.")
     if cfg.eval.voc_metric == "none":
         skip.append("eval.voc_iou")  # the IoU of a metric that is not computed
+    if not cfg.eval.aspect_ap:
+        skip.append("eval.aspect_edges")  # the buckets of metrics that are not computed
+    if not cfg.eval.crowd_ap:
+        skip.append("eval.crowd_edges")
     fields = {}
     for key, value in changed_fields(cfg).items():
         if key in NOT_RESULT or any(key.startswith(p) for p in skip):

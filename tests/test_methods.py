@@ -86,7 +86,8 @@ def test_method_sections_are_assembled_from_the_dict():
         build_config({"assign": {"paa": {"separation": "e"}}})
 
 
-@pytest.mark.parametrize("name,own", [("max_iou", "none"), ("atss", "product"), ("paa", "sqrt_product")])
+@pytest.mark.parametrize("name,own", [("max_iou", "none"), ("atss", "product"), ("paa", "sqrt_product"),
+                                      ("free_anchor", "none")])
 def test_auto_score_fusion_is_the_methods_own_with_an_aux_branch(name, own):
     assert build_config({}).inference.score_fusion == "auto"
     method_fusion = METHODS[name].score_fusion

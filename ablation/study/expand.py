@@ -16,6 +16,7 @@ from pathlib import Path
 from ablation.study.load import Profile, Study, parse_study
 from ablation.study.source import Ctx, StudyError, error_key, find_line
 from detector.config import Config, ConfigError, build_config, check_delta, deep_merge, flatten
+from detector.evaluation import extra
 from detector.evaluation.voc_eval import METRIC_NAMES as VOC_METRIC_NAMES, metric_names
 from detector.run_key import run_key
 
@@ -105,6 +106,11 @@ def _expand(ctx: Ctx, study: Study, profile: Profile) -> tuple[list[StudyRun], l
         if missing:  # else its column would stay empty
             raise ctx.error(row.line, where, f"metrics name {', '.join(missing)}, which eval.voc_metric="
                             f"'{cfg.eval.voc_metric}' does not compute; set eval.voc_metric (11point, area, both)")
+        missing = [m for m in study.metrics if m in extra.METRIC_NAMES and m not in extra.metric_names(cfg.eval)]
+        if missing:
+            switches = list(dict.fromkeys(f"eval.{extra.switch_of(m)}" for m in missing))
+            raise ctx.error(row.line, where, f"metrics name {', '.join(missing)}, which {', '.join(switches)}=false "
+                            f"does not compute; set {', '.join(k + ': true' for k in switches)}")
         for seed in seeds:
             run_cfg = copy.deepcopy(cfg)
             run_cfg.train.seed = seed

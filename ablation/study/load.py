@@ -16,7 +16,8 @@ one-line errors come back prefixed with the study file, the line and the key tha
 
 Schema (top level):  name, description, paper {title, table, file}, base (path or inline config),
 overrides, rows | axes, seeds, profiles {NAME: {configs, overrides, seeds, description}}, metrics (of COCO's
-12 stats, and VOC07_mAP / VOC07_mAP_area when every run sets eval.voc_metric), layout [{title, label_header,
+12 stats, VOC07_mAP / VOC07_mAP_area when every run sets eval.voc_metric, `evaluation.extra`'s NR..., AP_square...,
+AP_sparse... when every run sets eval.nms_recall, aspect_ap, crowd_ap), layout [{title, label_header,
 label_columns, rows | groups [{title, rows}]}], baseline (a row label: the table adds every other row's AP
 difference to it, with intervals over seeds and over val images).
 A row: {label, base, overrides, profile_overrides {PROFILE: overrides}, reference ({METRIC: value} or
@@ -37,6 +38,7 @@ from typing import Any
 from ablation.study.source import Ctx, StudyError, line_of, nest, plain, read_yaml
 from detector.config import ConfigError, deep_merge, flatten, load_yaml
 from detector.evaluation.coco_eval import STAT_NAMES
+from detector.evaluation.extra import METRIC_NAMES as EXTRA_METRIC_NAMES
 from detector.evaluation.voc_eval import METRIC_NAMES as VOC_METRIC_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +51,7 @@ PAPER_KEYS = ("title", "table", "file")
 LAYOUT_KEYS = ("title", "label_header", "label_columns", "rows", "groups")
 GROUP_KEYS = ("title", "rows")
 DEFAULT_METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
-METRIC_NAMES = (*STAT_NAMES, *VOC_METRIC_NAMES)  # a VOC column needs eval.voc_metric in every run (expand.py)
+METRIC_NAMES = (*STAT_NAMES, *VOC_METRIC_NAMES, *EXTRA_METRIC_NAMES)  # VOC / extra: only when computed (expand.py)
 FAILED_REFERENCE = "training failed"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 

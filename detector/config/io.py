@@ -212,6 +212,10 @@ def _check(cfg: Config) -> None:
     if cfg.loss.reg_iou_weighted and cfg.loss.reg_centerness_weighted:
         raise ConfigError("loss.reg_centerness_weighted: the regression loss is weighted by one target, and "
                           "loss.reg_iou_weighted is on too")
+    for key in ("aspect_edges", "crowd_edges"):  # the bucket edges of the optional AP metrics
+        edges = getattr(cfg.eval, key)
+        if len(edges) != 2 or edges[0] >= edges[1]:
+            raise ConfigError(f"eval.{key}: expected two increasing edges [e0, e1] (three buckets), got {edges}")
     if METHODS[cfg.assign.name].box_coding == "ltrb":
         _check_points(cfg)
 

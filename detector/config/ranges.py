@@ -106,6 +106,8 @@ RANGES: dict[str, Range] = {
     "inference.voting.sigma": POSITIVE,
     "inference.voting.iou_thresh": UNIT,
     "assign.ignore_iof": UNIT,
+    "eval.aspect_edges": Range(1.0, low_open=True),  # aspect ratios max(w/h, h/w); two, increasing (io._check)
+    "eval.crowd_edges": AT_LEAST_ONE,  # GTs per image; two, increasing (io._check)
 }
 
 SYNTH_PREFIX = "data.synth."

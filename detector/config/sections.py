@@ -196,7 +196,7 @@ class InferenceConfig:
 
 @dataclass
 class EvalConfig:
-    """Metrics computed besides the 12 COCO stats (see `detector.evaluation.voc_eval`)."""
+    """Metrics computed besides the 12 COCO stats (see `detector.evaluation.voc_eval` and `.extra`)."""
 
     # PASCAL VOC mAP at IoU 0.5 over the same detections and GT file: none | 11point ("VOC07_mAP", the VOC2007
     # devkit's use_07_metric) | area ("VOC07_mAP_area", all-point, VOC2010+) | both
@@ -205,3 +205,14 @@ class EvalConfig:
     # devkit's IoU on the XML's pixel indices) | "legacy" (w = x2 - x1 + 1 on the given boxes, mmdetection's
     # use_legacy_coordinate=True)
     voc_iou: str = "continuous"
+    # FreeAnchor's NMS recall, NR50 ... NR90 and their mean NR (`detector.evaluation.nms_recall`): one more NMS over
+    # every candidate above inference.score_thresh per val batch
+    nms_recall: bool = False
+    # COCO AP per GT aspect ratio max(w/h, h/w) (`detector.evaluation.buckets`): AP_square [1, e0), AP_oblong
+    # [e0, e1), AP_slender [e1, inf) for aspect_edges [e0, e1]
+    aspect_ap: bool = False
+    aspect_edges: list[float] = field(default_factory=lambda: [2.0, 4.0])
+    # COCO AP per image crowdedness, its number of non-crowd GTs: AP_sparse [0, e0), AP_moderate [e0, e1),
+    # AP_crowded [e1, inf) for crowd_edges [e0, e1]
+    crowd_ap: bool = False
+    crowd_edges: list[int] = field(default_factory=lambda: [5, 15])

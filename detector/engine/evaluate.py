@@ -1,4 +1,5 @@
-"""Run a detector over a dataset, write COCO results JSON and the 12 COCO metrics (and VOC mAP on request)."""
+"""Run a detector over a dataset, write COCO results JSON and the 12 COCO metrics (and, on request, VOC mAP and the
+optional metrics of `detector.evaluation.extra`: NMS recall, AP by aspect ratio and by crowdedness)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +12,8 @@ from torchvision.ops import box_iou
 from detector.config import Config
 from detector.data.sampler import build_eval_loader
 from detector.evaluation.coco_eval import evaluate_detections, write_json
+from detector.evaluation.extra import extra_metrics
+from detector.evaluation.nms_recall import gt_overlaps
 from detector.evaluation.voc_eval import evaluate_voc
 from detector.methods import METHODS, build_box_coder
 from detector.postprocess import postprocess
@@ -38,9 +41,11 @@ def true_ious(det: dict, gt_boxes: Tensor, gt_labels: Tensor, gt_valid: Tensor) 
 
 
 @torch.no_grad()
-def predict(model, dataset, cfg: Config, device, progress: Callable[[int, int], None] | None = None):
+def predict(model, dataset, cfg: Config, device, progress: Callable[[int, int], None] | None = None,
+            overlaps: list[Tensor] | None = None):
     """COCO-format detections of `model` on every image of `dataset`, and (aux prediction, true IoU) pairs
-    of those detections (for PAA's Table 2 right; empty without an aux branch)."""
+    of those detections (for PAA's Table 2 right; empty without an aux branch). Given a list `overlaps`, appends
+    to it per batch the (G, 2) best IoU of each GT before and after NMS (`nms_recall.gt_overlaps`, on the CPU)."""
     model.eval()
     coder = build_box_coder(cfg)
     method_fusion = METHODS[cfg.assign.name].score_fusion
@@ -50,6 +55,9 @@ def predict(model, dataset, cfg: Config, device, progress: Callable[[int, int], 
         batch = batch.to(device)
         out, anchors, counts = model(batch.images)
         dets = postprocess(out, anchors, counts, batch.image_sizes, coder, cfg.inference, method_fusion)
+        if overlaps is not None:
+            overlaps.append(gt_overlaps(out, anchors, counts, batch.image_sizes, batch.gt_boxes, batch.gt_valid,
+                                        coder, cfg.inference, method_fusion).cpu())
         for i, det in enumerate(dets):
             if "aux" in det and len(det["boxes"]):
                 true = true_ious(det, batch.gt_boxes[i], batch.gt_labels[i], batch.gt_valid[i])
@@ -61,14 +69,19 @@ def predict(model, dataset, cfg: Config, device, progress: Callable[[int, int], 
     return results, (torch.cat(aux_pairs) if aux_pairs else torch.zeros(0, 2))
 
 
-def _metrics(results: list[dict], aux_pairs: Tensor, dataset, cfg: Config) -> dict[str, float]:
+def _metrics(results: list[dict], aux_pairs: Tensor, dataset, cfg: Config,
+             overlaps: list[Tensor] | None = None) -> dict[str, float]:
     """The 12 COCO stats; with `eval.voc_metric` also VOC mAP at IoU 0.5 ("VOC07_mAP" 11-point, "VOC07_mAP_area")
-    over the same detections and GT file; with an IoU-predicting aux branch also the mean |predicted - true IoU|
-    over all kept detections ("iou_pred_error") and over those with true IoU >= 0.5 ("iou_pred_error_tp")."""
+    over the same detections and GT file; the optional metrics `eval` turns on (`evaluation.extra`: NR from
+    `overlaps`, the per-batch IoUs `predict` collected; AP per aspect-ratio and crowdedness bucket); with an
+    IoU-predicting aux branch also the mean |predicted - true IoU| over all kept detections ("iou_pred_error")
+    and over those with true IoU >= 0.5 ("iou_pred_error_tp")."""
     metrics = evaluate_detections(dataset.ann_file, results, image_ids=list(dataset.image_ids))
     if cfg.eval.voc_metric != "none":
         metrics.update(evaluate_voc(dataset.ann_file, results, image_ids=list(dataset.image_ids),
                                     metric=cfg.eval.voc_metric, iou=cfg.eval.voc_iou))
+    gt_ious = torch.cat(overlaps) if overlaps else (torch.zeros(0, 2) if overlaps is not None else None)
+    metrics.update(extra_metrics(dataset.ann_file, results, list(dataset.image_ids), cfg.eval, gt_ious))
     if len(aux_pairs) and cfg.model.head.aux == "iou":
         err = (aux_pairs[:, 0] - aux_pairs[:, 1]).abs()
         tp = aux_pairs[:, 1] >= 0.5
@@ -80,16 +93,18 @@ def _metrics(results: list[dict], aux_pairs: Tensor, dataset, cfg: Config) -> di
 
 def evaluate_metrics(model, dataset, cfg: Config, device, progress=None) -> dict[str, float]:
     """Predict and evaluate without writing files (evaluations during training)."""
-    results, aux_pairs = predict(model, dataset, cfg, device, progress)
-    return _metrics(results, aux_pairs, dataset, cfg)
+    overlaps = [] if cfg.eval.nms_recall else None
+    results, aux_pairs = predict(model, dataset, cfg, device, progress, overlaps)
+    return _metrics(results, aux_pairs, dataset, cfg, overlaps)
 
 
 def evaluate_model(model, dataset, cfg: Config, device, out_dir: Path, progress=None) -> tuple[dict, dict]:
     """Predict, write `detections.json` and `metrics.json` into out_dir; returns (metrics, files)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results, aux_pairs = predict(model, dataset, cfg, device, progress)
+    overlaps = [] if cfg.eval.nms_recall else None
+    results, aux_pairs = predict(model, dataset, cfg, device, progress, overlaps)
     det_path = write_json(out_dir / "detections.json", results)
-    metrics = _metrics(results, aux_pairs, dataset, cfg)
+    metrics = _metrics(results, aux_pairs, dataset, cfg, overlaps)
     metrics_path = write_json(out_dir / "metrics.json", metrics)
     return metrics, {"detections": det_path, "metrics": metrics_path}
