@@ -11,6 +11,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def save_figure(fig, path: str | Path, title: str = "", dpi: int = 90) -> Path:
+    """Title, lay out, write and close a figure (every figure here ends this way)."""
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_gmm_fits(records: list[dict], path: str | Path, title: str = "") -> Path:
     """One panel per GT: candidate-score histogram, the two fitted weighted Gaussians, the boundary."""
     n = max(1, len(records))
@@ -37,12 +47,7 @@ def plot_gmm_fits(records: list[dict], path: str | Path, title: str = "") -> Pat
         ax.tick_params(labelsize=7)
         ax.set_xlabel("anchor score (lower = better)", fontsize=7)
     axes.flat[0].legend(fontsize=6)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, title)
 
 
 def plot_positives_histogram(counts: list[int], path: str | Path, title: str = "") -> Path:
@@ -84,9 +89,4 @@ def plot_bag_confidence(records: list[dict], path: str | Path, title: str = "") 
         ax.tick_params(labelsize=7)
         ax.set_xlabel("bag anchors, largest first", fontsize=7)
     axes.flat[0].legend(fontsize=6)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, title)

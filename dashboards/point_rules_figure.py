@@ -22,6 +22,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from dashboards.assign_figures import save_figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from detector.assigners import assign  # noqa: E402
@@ -187,12 +188,7 @@ def draw_point_rules(image: np.ndarray, gt_boxes: np.ndarray, rules: Sequence[Ru
             ax.scatter(rule.points_xy[:, 0], rule.points_xy[:, 1], s=sizes, c=colours, edgecolors="k", linewidths=0.3)
         ax.set(xlim=(0, w), ylim=(h, 0))  # the image's frame, whatever the points
         ax.set_title(rule.title, fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, title, dpi=120)
 
 
 __all__ = ["MIN_GTS", "RulePositives", "RulesImage", "draw_point_rules", "is_point_rule", "point_rule_positives",
