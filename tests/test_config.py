@@ -29,6 +29,7 @@ def test_unknown_key_names_key_and_siblings():
 @pytest.mark.parametrize("data,key", [
     ({"train": {"iterations": "ten"}}, "train.iterations"),
     ({"train": {"amp": 1}}, "train.amp"),
+    ({"train": {"amp_dtype": "half"}}, "train.amp_dtype"),
     ({"data": {"min_size": 800}}, "data.min_size"),
     ({"model": {"head": {"aux": "quality"}}}, "model.head.aux"),
     ({"assign": {"name": "nope"}}, "assign.name"),

@@ -35,6 +35,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss.reg": ("giou", "iou", "l1"),
     "train.optimizer": ("sgd", "adamw"),
     "train.schedule": ("step", "cosine"),
+    "train.amp_dtype": ("float16", "bfloat16"),
     "inference.score_fusion": ("auto", *SCORE_FUSIONS),
     "inference.pre_nms_candidates": ("pairs", "points"),
     "inference.threshold_on": ("fused", "cls"),

@@ -150,6 +150,8 @@ class TrainConfig:
     # batches hold GTs (0 = never): training without positives learns nothing (PAA's FSR 0.3, Table 1).
     fail_without_positives: int = 100
     amp: bool = True  # only on CUDA
+    # autocast precision: float16 (with a GradScaler) or bfloat16 (Ampere/Hopper; float32's range, no scaler)
+    amp_dtype: str = "float16"
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -99,7 +99,8 @@ def _train(cfg: Config, workspace: Path, hooks: TrainHooks, resume: bool, workdi
     model = DenseDetector(cfg.model, num_classes).to(device)
     optimizer = build_optimizer(model, tc)
     use_amp = tc.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp_dtype = getattr(torch, tc.amp_dtype)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)  # bf16 needs none
 
     meta = provenance(cfg)  # stored in every checkpoint: what the weights were trained with
     start, state = 0, {}
@@ -141,7 +142,7 @@ def _train(cfg: Config, workspace: Path, hooks: TrainHooks, resume: bool, workdi
         t_step = time.perf_counter()
         lr = lr_at(it, tc)
         set_lr(optimizer, lr)
-        with torch.autocast(device.type, enabled=use_amp):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             losses, result, counts = step(batch)
         loss = losses["loss"]
         # one host sync for both checks: a non-finite loss, and a batch with GTs but no positive
