@@ -13,6 +13,8 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
+from detector.engine.diagnostics import RUN_SECONDS
+
 REPO = Path(__file__).resolve().parents[1]
 ITERS = 8
 TRAIN = {"iterations": ITERS, "checkpoint_every": 4, "eval_every": 6}
@@ -79,3 +81,6 @@ def test_killed_twice_then_finished_every_step_is_logged_exactly_once(tmp_path, 
     assert _steps(client, run.info.run_id, "val/AP") == [6, ITERS]
     assert run.data.tags["resumed_at"] == f"4,{ITERS}"
     assert run.data.tags["start_iteration"] == str(ITERS)
+    # its time counts each process up to its last checkpoint, not the restarts or the work a kill threw away
+    (run_s,) = client.get_metric_history(run.info.run_id, RUN_SECONDS)
+    assert run_s.step == ITERS and 0 < run_s.value < (run.info.end_time - run.info.start_time) / 1000

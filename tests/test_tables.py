@@ -147,10 +147,11 @@ def test_paired_seeds_significance_and_bold_from_a_real_store(tmp_path, empty_st
 T0 = 1_700_000_000_000  # ms
 
 
-def _timed_run(client, exp_id, spec, start_s, minutes, share=None, tags=None):
-    """A FINISHED run that started `start_s` after T0 and ran `minutes`; `share`: its GTs without a positive
-    anchor (None: a run from before that metric)."""
+def _timed_run(client, exp_id, spec, start_s, minutes, share=None, tags=None, run_s=None):
+    """A FINISHED run that started `start_s` after T0 and ended `minutes` later; `share`: its GTs without a positive
+    anchor (None: a run from before that metric); `run_s`: its logged time over its processes (None: from before)."""
     from ablation.tables.build import GT_WITHOUT_POS_METRIC
+    from detector.engine.diagnostics import RUN_SECONDS
 
     start = T0 + int(start_s * 1000)
     run_id = client.create_run(exp_id, start_time=start, run_name=spec.run_name,
@@ -158,6 +159,8 @@ def _timed_run(client, exp_id, spec, start_s, minutes, share=None, tags=None):
     client.log_metric(run_id, "val/AP", 0.3)
     if share is not None:
         client.log_metric(run_id, GT_WITHOUT_POS_METRIC, share)
+    if run_s is not None:
+        client.log_metric(run_id, RUN_SECONDS, run_s)
     client.set_terminated(run_id, "FINISHED", end_time=start + round(minutes * 60_000))
     return run_id
 
@@ -173,7 +176,8 @@ def test_gts_without_a_positive_anchor_and_time_per_run_under_the_table(tmp_path
     client = MlflowClient(uri)
     exp_id = client.create_experiment(study.name, artifact_location=(tmp_path / "artifacts").as_uri())
     _timed_run(client, exp_id, by["Base", 0], 0, 4.0, share=0.020)
-    _timed_run(client, exp_id, by["Base", 1], 600, 5.2, share=0.022)
+    # killed and resumed: 5.2 min from start to end, of which 4.4 min computing (its RUN_SECONDS)
+    _timed_run(client, exp_id, by["Base", 1], 600, 5.2, share=0.022, run_s=4.4 * 60)
     _timed_run(client, exp_id, by["Better", 0], 1200, 3.0)  # an older run: no share logged
     source = _timed_run(client, client.create_experiment("elsewhere", artifact_location=(tmp_path / "artifacts").as_uri()), by["Better", 1], 1800, 9.0)
     # seed 1 of Better reuses a run of another study: its link took no training time here, so it is not timed
@@ -181,7 +185,7 @@ def test_gts_without_a_positive_anchor_and_time_per_run_under_the_table(tmp_path
     table = build_table(study, "smoke", runs_frame(uri, study.name, "tags.role = 'row'"))
 
     gts = "GTs without a positive anchor: Base 2.1%"  # (2.0% + 2.2%) / 2; Better's runs lack the metric
-    times = "Time per run: Base 4.6 min, Better 3.0 min"  # (4.0 + 5.2) / 2; Better: its one run that trained here
+    times = "Time per run: Base 4.2 min, Better 3.0 min"  # (4.0 + 4.4) / 2; Better: its one run that trained here
     md = render(table, "md")
     assert md.endswith(f"\n{gts}  \n{times}\n")  # md notes end in two spaces (a line break), but the last
     latex_gts = gts.replace("%", r"\%")
@@ -189,7 +193,7 @@ def test_gts_without_a_positive_anchor_and_time_per_run_under_the_table(tmp_path
     assert f"<p>{gts}</p>\n<p>{times}</p>" in render(table, "html")
     csv_lines = render(table, "csv").splitlines()  # the figures' numbers in the last two columns
     assert csv_lines[0].endswith(",AP75_best,gt_without_pos_pct,minutes_per_run")
-    assert csv_lines[1:] == [",,Base,done,2,2,30.00,0.00,2,0,,,0,0,,,0,0,2.10,4.60",
+    assert csv_lines[1:] == [",,Base,done,2,2,30.00,0.00,2,0,,,0,0,,,0,0,2.10,4.20",
                              ",,Better,done,2,2,30.00,0.00,2,0,,,0,0,,,0,0,,3.00"]
 
 

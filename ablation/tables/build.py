@@ -31,7 +31,7 @@ from ablation.study.expand import expand
 from ablation.study.load import FAILED_REFERENCE, Study
 from ablation.tables.stats import LEVEL, Interval, mean_interval, paired_interval
 from ablation.tracking.reader import RunRecord, by_key
-from detector.engine.diagnostics import GT_WITHOUT_POS_MEAN
+from detector.engine.diagnostics import GT_WITHOUT_POS_MEAN, RUN_SECONDS
 from detector.evaluation.bootstrap import (ImageMatches, coco_ap, difference_interval, resample_counts,
                                            resampled_ap, same_images)
 
@@ -156,9 +156,14 @@ def _row(study: Study, label: str, recs: list[tuple[int, RunRecord | None]]) -> 
 
 
 def _minutes(rec: RunRecord) -> float | None:
-    """Wall time of a run that trained, start to end (a resumed run spans its pause); None for a link run
-    or a run without both times."""
-    if rec.reused_from is not None or rec.end_time is None or not 0 < rec.start_time < rec.end_time:
+    """Training + evaluation time of a run that trained, over its processes (`RUN_SECONDS`: a kill's pause
+    and the work it threw away not counted); for a run from before that metric, start to end (spanning any
+    pause). None for a link run or a run without either."""
+    if rec.reused_from is not None:
+        return None
+    if RUN_SECONDS in rec.metrics:
+        return rec.metrics[RUN_SECONDS] / 60
+    if rec.end_time is None or not 0 < rec.start_time < rec.end_time:
         return None
     return (rec.end_time - rec.start_time) / 60_000
 

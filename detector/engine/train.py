@@ -21,7 +21,7 @@ from detector.data.build import build_datasets
 from detector.data.sampler import build_train_loader
 from detector.engine.checkpoint import (LAST, CheckpointError, check_trained_with, claim_workdir,
                                         load_checkpoint, load_weights, provenance, save_checkpoint)
-from detector.engine.diagnostics import GT_WITHOUT_POS_MEAN, assignment_diagnostics
+from detector.engine.diagnostics import GT_WITHOUT_POS_MEAN, RUN_SECONDS, assignment_diagnostics
 from detector.engine.ema import ModelEma
 from detector.engine.evaluate import evaluate_metrics, evaluate_model
 from detector.engine.hooks import TrainHooks
@@ -42,7 +42,7 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     checkpoint: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
-    wall_time: float = 0.0
+    wall_time: float = 0.0  # seconds, over every process of the run (`RUN_SECONDS`)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -114,6 +114,7 @@ def _train(cfg: Config, workspace: Path, hooks: TrainHooks, resume: bool, workdi
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
         start = int(state["iteration"])
+        t0 -= float(state.get("elapsed_s", 0.0))  # the processes before this one, up to this checkpoint
         log.info("resumed from %s at iteration %d", workdir / LAST, start)
     # the EMA starts at the (loaded) weights; a resumed run restores its state (a checkpoint without "ema",
     # e.g. from before EMA, keeps that start: the warm-up counts again from there)
@@ -185,7 +186,8 @@ def _train(cfg: Config, workspace: Path, hooks: TrainHooks, resume: bool, workdi
                 hooks.on_records(done, kind, records)
         if tc.checkpoint_every > 0 and done % tc.checkpoint_every == 0 and done < tc.iterations:
             hooks.before_checkpoint(done)
-            last_ckpt = save_checkpoint(workdir / LAST, model, optimizer, scaler, done, ema, meta)
+            last_ckpt = save_checkpoint(workdir / LAST, model, optimizer, scaler, done, ema,
+                                        {**meta, "elapsed_s": time.perf_counter() - t0})
             hooks.on_checkpoint(done, last_ckpt)
         if tc.eval_every > 0 and done % tc.eval_every == 0 and done < tc.iterations:
             metrics = evaluate_metrics(eval_model, val_set, cfg, device, progress=hooks.on_eval_progress)
@@ -201,7 +203,8 @@ def _train(cfg: Config, workspace: Path, hooks: TrainHooks, resume: bool, workdi
     if no_pos_n:  # one number per run for tables: the mean over the iterations this process logged
         hooks.on_iteration(tc.iterations, {GT_WITHOUT_POS_MEAN: no_pos_sum / no_pos_n})
     hooks.before_checkpoint(tc.iterations)
-    last_ckpt = save_checkpoint(workdir / LAST, model, optimizer, scaler, tc.iterations, ema, meta)
+    last_ckpt = save_checkpoint(workdir / LAST, model, optimizer, scaler, tc.iterations, ema,
+                                {**meta, "elapsed_s": time.perf_counter() - t0})
     hooks.on_checkpoint(tc.iterations, last_ckpt)
     result = TrainResult("FINISHED", iterations=tc.iterations, checkpoint=last_ckpt)
     if tc.eval_at_end:
@@ -211,5 +214,6 @@ def _train(cfg: Config, workspace: Path, hooks: TrainHooks, resume: bool, workdi
         hooks.on_eval(tc.iterations, metrics, files)
         result.metrics, result.files = metrics, files
     result.wall_time = time.perf_counter() - t0
+    hooks.on_iteration(tc.iterations, {RUN_SECONDS: result.wall_time})
     hooks.on_end("FINISHED")
     return result
