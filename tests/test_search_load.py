@@ -182,7 +182,7 @@ BAD = [
     ("unknown sampler option", ("{name: tpe, seed: 0}", "{name: tpe, seed: 0, options: {n_startup: 3}}"),
      "sampler:", "sampler.options.n_startup", "not an argument of optuna.samplers.TPESampler; its arguments: "),
     ("unknown pruner", ("pruner: median", "pruner: {name: asha}"), "pruner:", "pruner.name",
-     "'asha' is not one of median, hyperband, none"),
+     "'asha' is not one of median, hyperband, percentile, threshold, none"),
     ("no trials", ("trials: 4", "trials: 0"), "trials:", "trials", "expected an integer >= 1, got 0"),
     ("rerun top 0", ("trials: 4", "trials: 4\nrerun: {top: 0}"), "rerun:", "rerun.top",
      "expected an integer >= 1, got 0"),

@@ -15,7 +15,8 @@ overrides, seeds, description}} (as a study's), space, objective, sampler, prune
               with its prefix ("time/step_s"), which must give its direction. Default: AP, maximize.
   sampler:    {name: tpe | random | grid | cmaes, seed, options {...: the sampler's constructor}} or a name;
               default tpe, seed 0. cmaes samples no categorical; grid needs every parameter categorical or int.
-  pruner:     {name: median | hyperband | none, options} or a name; default median (none for two objectives).
+  pruner:     {name: median | hyperband | percentile | threshold | none, options} or a name; default median
+              (none for two objectives).
   trials:     default of `anchorlab search run --trials` (>= 1);  seed: the trials' train.seed (default 0).
   rerun:      {top: N >= 1, seeds: [..]}: the N best configurations trained again with each seed.
 
@@ -48,11 +49,12 @@ NUMBER_KEYS = ("key", "type", "low", "high", "log", "step")
 KIND_KEYS = {"float": NUMBER_KEYS, "int": NUMBER_KEYS, "categorical": ("key", "type", "choices")}
 OBJECTIVE_KEYS = ("metric", "direction")
 SAMPLERS = ("tpe", "random", "grid", "cmaes")
-PRUNERS = ("median", "hyperband", "none")
+PRUNERS = ("median", "hyperband", "percentile", "threshold", "none")  # `space.PRUNERS`
 RERUN_KEYS = ("top", "seeds")
 OPTUNA_CLASSES = {"tpe": ("samplers", "TPESampler"), "random": ("samplers", "RandomSampler"),
                   "grid": ("samplers", "GridSampler"), "cmaes": ("samplers", "CmaEsSampler"),
-                  "median": ("pruners", "MedianPruner"), "hyperband": ("pruners", "HyperbandPruner")}
+                  "median": ("pruners", "MedianPruner"), "hyperband": ("pruners", "HyperbandPruner"),
+                  "percentile": ("pruners", "PercentilePruner"), "threshold": ("pruners", "ThresholdPruner")}
 DOTTED_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 

@@ -1,0 +1,72 @@
+"""`anchorlab search`: Optuna searches over a config's parameters, each trial one tracked run.
+
+Thin typer commands, like `cli.py` (which registers `search_app`); heavy imports inside the commands.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cli_errors import fail, user_errors
+
+search_app = typer.Typer(no_args_is_help=True, help="Searches: Optuna proposes each trial; every trial is one run.")
+
+
+@search_app.command("run")
+def search_run(
+    file: Path = typer.Argument(..., help="Search file, e.g. studies/search_paa_lambda.yaml."),
+    profile: Optional[str] = typer.Option(None, help="paper (default), quick (CPU), smoke (tests), or the search's."),
+    trials: Optional[int] = typer.Option(None, min=1, help="Trials that complete or are pruned, counting those "
+                                         "already in the storage (default: the file's `trials`)."),
+    workers: int = typer.Option(1, min=1, help="Local worker processes; CPU threads are split among them."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage: a journal file path, or a PostgreSQL URL that "
+                                          "several machines share (default: <workspace>/queue/search-<name>-"
+                                          "<profile>.journal)."),
+    workspace: Optional[Path] = typer.Option(None, help="Workspace (default $ANCHORLAB_HOME or ./anchorlab-runs)."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: SQLite in the workspace)."),
+):
+    """Run a search: each trial is a child run of one MLflow parent run per profile.
+
+    Re-running the same command resumes it: trials that completed or were pruned count toward --trials,
+    a trial whose worker died is run again (its run resumed from the last checkpoint), and a search that
+    has its trials starts nothing. A trial whose config already finished anywhere in the workspace reuses
+    that run.
+    """
+    from ablation.execution.queue import QueueError
+    from ablation.search.space import SpaceError
+
+    with user_errors():
+        from ablation.search.load import load_search
+        from ablation.search.run import format_result, run_search, trial_line
+
+        search = load_search(file)
+        profile = profile or search.default_profile()
+        if profile not in search.profiles:
+            fail(f"{file}: no profile '{profile}' (the search has {', '.join(search.profiles)})")
+        metrics = [o.metric for o in search.objectives]
+
+        def display(worker: int, kind: str, data: dict) -> None:
+            if kind == "end":
+                typer.echo(trial_line(data["number"], data["outcome"], metrics, data.get("values"), data["params"],
+                                      data.get("step", 0), data.get("reason", ""), data.get("reused", False)))
+            elif kind == "died":
+                typer.secho(f"warning: worker {worker} died (exit code {data['code']}); its trial runs again",
+                            fg=typer.colors.YELLOW, err=True)
+
+        budget = trials or search.trials
+        typer.echo(f"search {search.name} [{profile}]: {budget} trials, {workers} worker(s)")
+        try:
+            result = run_search(search, profile, trials, workers, storage, workspace, tracking_uri, display)
+        except (QueueError, SpaceError) as exc:
+            fail(str(exc).splitlines()[0])
+    typer.echo("")
+    typer.echo("\n".join(format_result(result, trials=False).strip().splitlines()[2:]))  # without its title
+    typer.echo(f"tracked in {result.tracking_uri} (experiment '{result.search}', parent run {result.parent_run_id}); "
+               f"Optuna study '{result.study_name}' in {result.storage}")
+    if result.interrupted:
+        typer.echo("interrupted: run the same command again to resume")
+        raise typer.Exit(130)
+    if result.counts["complete"] + result.counts["pruned"] < result.budget:
+        raise typer.Exit(1)
