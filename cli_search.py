@@ -26,6 +26,8 @@ def search_run(
                                           "<profile>.journal)."),
     workspace: Optional[Path] = typer.Option(None, help="Workspace (default $ANCHORLAB_HOME or ./anchorlab-runs)."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: SQLite in the workspace)."),
+    rerun: bool = typer.Option(True, help="After the trials, train the best configurations and the default with "
+                               "the rerun seeds, for the answer's interval."),
 ):
     """Run a search: each trial is a child run of one MLflow parent run per profile.
 
@@ -51,6 +53,12 @@ def search_run(
             if kind == "end":
                 typer.echo(trial_line(data["number"], data["outcome"], metrics, data.get("values"), data["params"],
                                       data.get("step", 0), data.get("reason", ""), data.get("reused", False)))
+            elif kind == "rerun-start":
+                typer.echo(f"  rerun {data['candidate']} [seed {data['seed']}] ...")
+            elif kind == "rerun-end":
+                value = data.get("value")
+                typer.echo(f"  rerun {data['candidate']} [seed {data['seed']}] {data['status']}"
+                           + (f" {metrics[0]} {100 * value:.1f}" if value is not None else f" {data.get('reason', '')}"))
             elif kind == "died":
                 typer.secho(f"warning: worker {worker} died (exit code {data['code']}); its trial runs again",
                             fg=typer.colors.YELLOW, err=True)
@@ -58,11 +66,16 @@ def search_run(
         budget = trials or search.trials
         typer.echo(f"search {search.name} [{profile}]: {budget} trials, {workers} worker(s)")
         try:
-            result = run_search(search, profile, trials, workers, storage, workspace, tracking_uri, display)
+            result = run_search(search, profile, trials, workers, storage, workspace, tracking_uri, display, rerun=rerun)
         except (QueueError, SpaceError) as exc:
             fail(str(exc).splitlines()[0])
     typer.echo("")
     typer.echo("\n".join(format_result(result, trials=False).strip().splitlines()[2:]))  # without its title
+    if result.rerun is not None:
+        from ablation.search.rerun import format_rerun
+
+        typer.echo("")
+        typer.echo(format_rerun(search, result.rerun))
     typer.echo(f"tracked in {result.tracking_uri} (experiment '{result.search}', parent run {result.parent_run_id}); "
                f"Optuna study '{result.study_name}' in {result.storage}")
     if result.interrupted:

@@ -10,15 +10,17 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ablation.execution.run import RunSpec, execute
 from ablation.processes import HOST
 from ablation.search import storage as st
+from ablation.search.rerun import format_rerun
 from ablation.search.resolve import trial_config
 from ablation.search.run import format_result, format_trial, run_search
 from ablation.search.space import (SpaceError, build_pruner, build_sampler, decode, encode_choice, grid_space,
                                    suggest)
-from ablation.search.spec import Objective, Param, PrunerSpec, SamplerSpec, Search
+from ablation.search.spec import Objective, Param, PrunerSpec, RerunSpec, SamplerSpec, Search
 from ablation.study.load import Profile
 from detector.config import deep_merge, load_yaml
 from detector.engine.hooks import TrainHooks
@@ -122,7 +124,7 @@ def test_budget_counts_lower_numbered_live_trials_and_sqlite_storage_is_refused(
 def test_two_workers_run_exactly_the_budget_each_trial_one_child_run(tmp_path, workspace):
     search, uri = _search(tmp_path, "s_workers", trials=4), f"sqlite:///{tmp_path}/mlflow.db"
     events = []
-    result = run_search(search, "smoke", workers=2, workspace=workspace, tracking_uri=uri, poll_s=0.5,
+    result = run_search(search, "smoke", workers=2, workspace=workspace, tracking_uri=uri, poll_s=0.5, rerun=False,
                         display=lambda i, kind, data: events.append((i, kind, data)))
     study = _study(workspace, search)
     ran = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
@@ -143,7 +145,7 @@ def test_a_pruned_trial_is_pruned_in_optuna_and_in_mlflow_where_it_stopped(tmp_p
     # AP is at most 1: a threshold pruner with lower=2 stops every trial at its first intermediate evaluation
     search = _search(tmp_path, "s_prune", trials=1, pruner=PrunerSpec("threshold", {"lower": 2.0}))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = run_search(search, "smoke", workspace=workspace, tracking_uri=uri)
+    result = run_search(search, "smoke", workspace=workspace, tracking_uri=uri, rerun=False)
     (trial,) = _study(workspace, search).trials
     assert trial.state.name == "PRUNED" and list(trial.intermediate_values) == [10]
     assert result.counts == {"complete": 0, "pruned": 1, "failed": 0, "retried": 0, "running": 0, "waiting": 0}
@@ -169,7 +171,7 @@ class _KilledAt(TrainHooks):
 
 def test_a_dead_workers_trial_is_resumed_and_a_search_at_its_budget_starts_nothing(tmp_path, workspace, one_thread):
     search, uri = _search(tmp_path, "s_resume", trials=1), f"sqlite:///{tmp_path}/mlflow.db"
-    run_search(search, "smoke", workspace=workspace, tracking_uri=uri)
+    run_search(search, "smoke", workspace=workspace, tracking_uri=uri, rerun=False)
     study = _study(workspace, search)
     trial = study.ask()  # a worker of a 2-trial search asked trial 1, drew its values, trained 12 iterations ...
     values = suggest(trial, search.space)
@@ -182,7 +184,7 @@ def test_a_dead_workers_trial_is_resumed_and_a_search_at_its_budget_starts_nothi
                                                                        "beat": time.time()})
     assert st.alive(study.trials[1], grace_s=60.0) is False
 
-    result = run_search(search, "smoke", trials=2, workspace=workspace, tracking_uri=uri)
+    result = run_search(search, "smoke", trials=2, workspace=workspace, tracking_uri=uri, rerun=False)
     study = _study(workspace, search)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE"]
     dead, again = study.trials[1:]
@@ -194,8 +196,33 @@ def test_a_dead_workers_trial_is_resumed_and_a_search_at_its_budget_starts_nothi
     resumed = runs[again.user_attrs["run_id"]]  # the killed run, resumed from its checkpoint: nothing lost
     assert resumed.data.tags["resumed_at"] == "10" and resumed.info.status == "FINISHED"
 
-    result = run_search(search, "smoke", trials=2, workspace=workspace, tracking_uri=uri)  # at its budget
+    result = run_search(search, "smoke", trials=2, workspace=workspace, tracking_uri=uri, rerun=False)  # at its budget
     assert len(_study(workspace, search).trials) == 3 and len(_runs(uri, "s_resume", "trial")) == 2
     assert result.counts["complete"] == 2
     (parent,) = _runs(uri, "s_resume", "search")  # one parent, re-used on every resume
     assert parent.info.status == "FINISHED"
+
+
+def test_the_best_trials_and_the_default_are_rerun_with_every_seed(tmp_path, workspace, one_thread):
+    search, uri = _search(tmp_path, "s_rerun", trials=2), f"sqlite:///{tmp_path}/mlflow.db"
+    search.rerun = RerunSpec(top=2, seeds=[0, 1])
+    result = run_search(search, "smoke", workspace=workspace, tracking_uri=uri)
+    rr = result.rerun
+    assert rr is not None and rr.metric == "AP" and rr.maximize
+    assert sorted(c.label for c in rr.candidates) == sorted(["default", *(f"trial {t.number}" for t in result.trials)])
+    assert all(sorted(c.by_seed) == [0, 1] and not c.failed for c in rr.candidates)
+    # ranked by the mean over seeds, best first; the trials' own seed-0 runs are reused, not trained again
+    means = [c.interval.estimate for c in rr.candidates]
+    assert means == sorted(means, reverse=True) and rr.best is rr.candidates[0]
+    trials = {r.data.tags["trial"]: r for r in _runs(uri, "s_rerun", "trial")}
+    for c in rr.candidates:
+        if c.trial is not None:
+            assert c.by_seed[0] == pytest.approx(trials[str(c.trial)].data.metrics["val/AP"])
+    reruns = _runs(uri, "s_rerun", "rerun")
+    assert len(reruns) == 2 * 3 - 2 and {r.data.tags["seed"] for r in reruns} == {"0", "1"}
+    assert rr.vs_runner_up is not None and rr.vs_runner_up.n == 2 and rr.vs_runner_up.estimate >= 0
+    text = format_rerun(search, rr)
+    assert "best: " in text and "vs default" in text and "as a study row:" in text
+    assert rr.best_file is not None and rr.best_file.is_file()
+    best = yaml.safe_load(rr.best_file.read_text())
+    assert (best == {}) if rr.best.label == "default" else (best["train"]["base_lr"] == rr.best.values["lr"])

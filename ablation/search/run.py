@@ -29,6 +29,7 @@ from pathlib import Path
 from ablation.execution.worker import stop_once
 from ablation.processes import HOST, pid_alive
 from ablation.search import storage as st
+from ablation.search.rerun import RerunResult, format_rerun, rerun_top, write_best
 from ablation.search.space import build_pruner, build_sampler, decode
 from ablation.search.spec import Search
 from ablation.search.worker import WorkerArgs, work, worker_main
@@ -70,6 +71,7 @@ class SearchResult:
     counts: dict[str, int] = field(default_factory=dict)  # complete, pruned, failed, retried, running, waiting
     metrics: list[str] = field(default_factory=list)  # the objectives' metric names
     interrupted: bool = False
+    rerun: RerunResult | None = None  # the best configurations trained with several seeds (`rerun.py`)
 
     def mean(self, state: str, attr: str) -> float | None:
         """The mean `step` or `wall_s` of trials in `state` that trained here (None when there is none)."""
@@ -129,12 +131,14 @@ def _parent(study, created: bool, search: Search, profile: str, uri: str, ws: Pa
 def run_search(search: Search, profile: str | None = None, trials: int | None = None, workers: int = 1,
                storage: str | None = None, workspace=None, tracking_uri: str | None = None,
                display: Callable[[int, str, dict], None] | None = None,
-               heartbeat_s: float = st.DEFAULT_HEARTBEAT_S, poll_s: float = 1.0) -> SearchResult:
+               heartbeat_s: float = st.DEFAULT_HEARTBEAT_S, poll_s: float = 1.0, rerun: bool = True) -> SearchResult:
     """Run (or resume) `search` under `profile` until `trials` trials are COMPLETE or PRUNED (module doc).
 
     `storage`: a journal file path or a database URL (default: a journal in the workspace's queue/).
     `display(worker, kind, data)` sees the workers' events: "start" {number, params}, "end" {number,
-    outcome, values, step, run_id, reason, reused, params}, "wait", "died" {code}; None runs silently.
+    outcome, values, step, run_id, reason, reused, params}, "wait", "died" {code}, and with `rerun` (once
+    the budget is met; single-objective searches) "rerun-start" {candidate, seed}, "rerun-end" {candidate,
+    seed, status, value, reason}; None runs silently.
     """
     profile = profile or search.default_profile()
     if profile not in search.profiles:
@@ -178,6 +182,14 @@ def run_search(search: Search, profile: str | None = None, trials: int | None = 
     result = search_result(study, search, profile, budget, location, parent, uri, interrupted)
     writer.log_text(uri, parent, format_result(result), f"search/{profile}.md")
     met = result.counts["complete"] + result.counts["pruned"] >= budget
+    if rerun and met and not interrupted and len(search.objectives) == 1:
+        try:
+            result.rerun = rerun_top(search, profile, study, parent, ws, uri, lambda k, d: emit(0, k, d))
+        except KeyboardInterrupt:
+            result.interrupted = interrupted = True
+        else:
+            write_best(search, profile, result.rerun, ws)
+            writer.log_text(uri, parent, format_rerun(search, result.rerun) + "\n", f"search/{profile}-rerun.md")
     writer.end_run(uri, parent, "FINISHED" if met and not interrupted else "KILLED")
     return result
 
