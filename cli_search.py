@@ -83,3 +83,97 @@ def search_run(
         raise typer.Exit(130)
     if result.counts["complete"] + result.counts["pruned"] < result.budget:
         raise typer.Exit(1)
+
+
+def _search_and_profile(file: Path, profile: Optional[str]):
+    """The loaded search file (validated, nothing trains) and the profile, or one error line."""
+    from ablation.search.load import load_search
+
+    search = load_search(file)
+    profile = profile or search.default_profile()
+    if profile not in search.profiles:
+        fail(f"{file}: no profile '{profile}' (the search has {', '.join(search.profiles)})")
+    return search, profile
+
+
+@search_app.command("report")
+def search_report(
+    file: Path = typer.Argument(..., help="Search file, e.g. studies/search_paa_lambda.yaml."),
+    profile: Optional[str] = typer.Option(None, help="The profile it ran under (default: paper, or its first)."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage the search ran on (default: <workspace>/queue/"
+                                          "search-<name>-<profile>.journal)."),
+    workspace: Optional[Path] = typer.Option(None, help="Workspace (default $ANCHORLAB_HOME or ./anchorlab-runs)."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: SQLite in the workspace)."),
+    out: Optional[Path] = typer.Option(None, help="Folder for report.md and the figures (default: <workspace>/search/"
+                                       "<name>-<profile>/)."),
+):
+    """Report a search: best trials, counts, importances, reruns, and its figures (history, importances, parallel
+    coordinates, slices, intermediate values, Pareto front), written as files and logged to its parent run."""
+    from ablation.execution.queue import QueueError
+
+    with user_errors():
+        from dashboards.search_report import NoTrials, build_report, load_study
+
+        search, profile = _search_and_profile(file, profile)
+        try:
+            study, location = load_study(search, profile, storage, workspace)
+        except NoTrials:
+            fail(f"no trials yet: run anchorlab search run {file} --profile {profile}")
+        except QueueError as exc:
+            fail(str(exc).splitlines()[0])
+        report = build_report(search, profile, study, location, workspace, tracking_uri, out)
+    typer.echo(report.markdown)
+    typer.echo(f"wrote {report.report_file}")
+    for path in report.figures.values():
+        typer.echo(f"wrote {path}")
+    if report.logged:
+        typer.echo(f"logged report.md and the figures to the MLflow parent run {report.parent_run_id} (report/)")
+
+
+@search_app.command("dashboard")
+def search_dashboard(
+    file: Path = typer.Argument(..., help="Search file, e.g. studies/search_paa_lambda.yaml."),
+    profile: Optional[str] = typer.Option(None, help="The profile it ran under (default: paper, or its first)."),
+    port: int = typer.Option(8080, help="Port on 127.0.0.1."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage the search ran on (default: the workspace's "
+                                          "journal)."),
+    workspace: Optional[Path] = typer.Option(None, help="Workspace (default $ANCHORLAB_HOME or ./anchorlab-runs)."),
+):
+    """Serve optuna-dashboard (an optional extra: pip install optuna-dashboard) over the search's storage on
+    127.0.0.1 until Ctrl-C."""
+    import importlib.util
+    import shutil
+    import subprocess
+
+    with user_errors():
+        from ablation.search import storage as st
+        from ablation.tracking.store import workspace_dir
+
+        search, profile = _search_and_profile(file, profile)
+        location = storage or st.default_location(workspace_dir(workspace), search.name, profile)
+    module = importlib.util.find_spec("optuna_dashboard") is not None
+    exe = shutil.which("optuna-dashboard")
+    if not module and exe is None:
+        typer.echo("optuna-dashboard is an optional extra and is not installed: pip install optuna-dashboard", err=True)
+        raise typer.Exit(1)
+    if "://" not in location and not Path(location).expanduser().is_file():
+        fail(f"no trials yet: run anchorlab search run {file} --profile {profile}")
+    typer.echo(f"optuna-dashboard on http://127.0.0.1:{port} over {location} (study '{search.name}:{profile}'); "
+               "Ctrl-C stops it")
+    try:
+        if module:
+            from optuna_dashboard import run_server
+
+            from ablation.execution.queue import QueueError
+
+            try:
+                opened = st.open_search_storage(location)
+            except QueueError as exc:
+                fail(str(exc).splitlines()[0])
+            run_server(opened, host="127.0.0.1", port=port)
+        else:
+            code = subprocess.call([exe, location, "--host", "127.0.0.1", "--port", str(port)])
+            if code:
+                raise typer.Exit(code)
+    except KeyboardInterrupt:
+        typer.echo("stopped optuna-dashboard")

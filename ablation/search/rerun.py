@@ -28,6 +28,7 @@ from ablation.tables.stats import Interval, mean_interval, paired_interval
 from detector.run_key import run_key
 
 DEFAULT = "default"
+RERUN_JSON = "search/{profile}-rerun.json"  # the result on the search's parent run
 
 
 @dataclass
@@ -108,6 +109,12 @@ def rerun_top(search: Search, profile: str, study, parent_run_id: str, workspace
             if display is not None:
                 display("rerun-end", {"candidate": cand.label, "seed": seed, "status": outcome.status,
                                       "value": cand.by_seed.get(seed), "reason": cand.failed.get(seed, "")})
+    return rank(candidates, metric, maximize)
+
+
+def rank(candidates: list[Candidate], metric: str, maximize: bool) -> RerunResult:
+    """Candidates best mean first (those without a finished seed last), with the paired differences of the
+    best to the runner-up and to the default."""
     ranked = sorted(candidates, key=lambda c: (not c.by_seed, _better(maximize)(c.interval.estimate)
                                                if c.by_seed else 0.0))
     result = RerunResult(metric, maximize, ranked)
@@ -115,15 +122,29 @@ def rerun_top(search: Search, profile: str, study, parent_run_id: str, workspace
     if best is not None:
         sign = 1.0 if maximize else -1.0  # differences read "how much better"
         runner = next((c for c in ranked[1:] if c.by_seed), None)
-        default = next(c for c in ranked if c.label == DEFAULT)
+        default = next((c for c in ranked if c.label == DEFAULT), None)
         result.vs_runner_up = _diff(best, runner, sign) if runner is not None else None
-        result.vs_default = _diff(best, default, sign) if default is not best else None
+        result.vs_default = _diff(best, default, sign) if default is not None and default is not best else None
     return result
 
 
+def to_dict(result: RerunResult) -> dict:
+    """Plain data for JSON (`search/<profile>-rerun.json` on the search's parent run): what `from_dict` reads."""
+    return {"metric": result.metric, "maximize": result.maximize,
+            "candidates": [{"label": c.label, "trial": c.trial, "values": c.values, "search_value": c.search_value,
+                            "by_seed": {str(k): v for k, v in c.by_seed.items()},
+                            "failed": {str(k): v for k, v in c.failed.items()}} for c in result.candidates]}
+
+
+def from_dict(data: dict) -> RerunResult:
+    cands = [Candidate(c["label"], c["trial"], dict(c["values"]), c["search_value"],
+                       {int(k): float(v) for k, v in c["by_seed"].items()}, {int(k): v for k, v in c["failed"].items()})
+             for c in data["candidates"]]
+    return rank(cands, data["metric"], bool(data["maximize"]))
+
+
 def _diff(a: Candidate, b: Candidate, sign: float) -> Interval | None:
-    d = paired_interval({s: sign * v for s, v in a.by_seed.items()}, {s: sign * v for s, v in b.by_seed.items()})
-    return d
+    return paired_interval({s: sign * v for s, v in a.by_seed.items()}, {s: sign * v for s, v in b.by_seed.items()})
 
 
 def best_config_yaml(search: Search, cand: Candidate) -> str:
@@ -192,5 +213,5 @@ def _scaled(iv: Interval | None, scale: float) -> str:
     return _fmt(Interval(scale * iv.estimate, scale * iv.low, scale * iv.high, iv.n))
 
 
-__all__ = ["Candidate", "RerunResult", "top_trials", "rerun_top", "write_best", "format_rerun", "best_config_yaml",
+__all__ = ["Candidate", "RerunResult", "top_trials", "rerun_top", "rank", "to_dict", "from_dict", "RERUN_JSON", "write_best", "format_rerun", "best_config_yaml",
            "study_row", "DEFAULT"]

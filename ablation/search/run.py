@@ -16,6 +16,7 @@ MLflow runs are written by `execute` and `ablation.tracking.writer` (not Optuna'
 """
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import queue as std_queue
@@ -29,7 +30,7 @@ from pathlib import Path
 from ablation.execution.worker import stop_once
 from ablation.processes import HOST, pid_alive
 from ablation.search import storage as st
-from ablation.search.rerun import RerunResult, format_rerun, rerun_top, write_best
+from ablation.search.rerun import RERUN_JSON, RerunResult, format_rerun, rerun_top, to_dict, write_best
 from ablation.search.space import build_pruner, build_sampler, decode
 from ablation.search.spec import Search
 from ablation.search.worker import WorkerArgs, work, worker_main
@@ -190,6 +191,7 @@ def run_search(search: Search, profile: str | None = None, trials: int | None = 
         else:
             write_best(search, profile, result.rerun, ws)
             writer.log_text(uri, parent, format_rerun(search, result.rerun) + "\n", f"search/{profile}-rerun.md")
+            writer.log_text(uri, parent, json.dumps(to_dict(result.rerun)), RERUN_JSON.format(profile=profile))
     writer.end_run(uri, parent, "FINISHED" if met and not interrupted else "KILLED")
     return result
 

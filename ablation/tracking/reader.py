@@ -182,7 +182,7 @@ def run_records(tracking_uri: str, run_id: str, kind: str) -> list[tuple[int, li
     if not run_active(tracking_uri, run_id):
         raise RunNotFound(f"no run {run_id} in {tracking_uri}")
     names = sorted(f.path for f in client.list_artifacts(run_id, kind) if f.path.endswith(".json"))
-    return [(int(data["iteration"]), data["records"]) for data in _read_json(tracking_uri, run_id, names)]
+    return [(int(data["iteration"]), data["records"]) for data in read_json_artifacts(tracking_uri, run_id, names)]
 
 
 def run_detections(tracking_uri: str, run_id: str) -> list[dict] | None:
@@ -204,10 +204,18 @@ def run_detections(tracking_uri: str, run_id: str) -> list[dict] | None:
     folder = DETECTIONS_ARTIFACT.rpartition("/")[0]
     if DETECTIONS_ARTIFACT not in {f.path for f in client.list_artifacts(run_id, folder)}:
         return None
-    return _read_json(tracking_uri, run_id, [DETECTIONS_ARTIFACT])[0]
+    return read_json_artifacts(tracking_uri, run_id, [DETECTIONS_ARTIFACT])[0]
 
 
-def _read_json(tracking_uri: str, run_id: str, names: list[str]) -> list:
+def json_artifact(tracking_uri: str, run_id: str, name: str) -> dict | list | None:
+    """The JSON artifact `name` (e.g. "search/quick-rerun.json") of a run, parsed; None when it has none."""
+    folder = name.rpartition("/")[0]
+    if name not in {f.path for f in _client(tracking_uri).list_artifacts(run_id, folder or None)}:
+        return None
+    return read_json_artifacts(tracking_uri, run_id, [name])[0]
+
+
+def read_json_artifacts(tracking_uri: str, run_id: str, names: list[str]) -> list:
     """The JSON artifacts `names` of a run, parsed, in order (downloaded to a temporary folder, quietly)."""
     import mlflow.artifacts
 
@@ -235,6 +243,6 @@ def _no_progress_bar():
             os.environ[name] = old
 
 
-__all__ = ["RunNotFound", "RunRecord", "runs_frame", "records_of", "by_key", "study_runs", "finished_run",
+__all__ = ["RunNotFound", "RunRecord", "json_artifact", "read_json_artifacts", "runs_frame", "records_of", "by_key", "study_runs", "finished_run",
            "resumable_run", "find_parent", "run_active", "run_tags", "run_records", "run_detections",
            "DETECTIONS_ARTIFACT"]
