@@ -383,7 +383,7 @@ def test_status_reports_states_from_the_store(tmp_path, empty_store):
 
 
 def test_shipped_studies_validate_with_paper_and_quick_profiles():
-    paths = sorted((REPO / "studies").glob("*.yaml"))
+    paths = sorted(p for p in (REPO / "studies").glob("*.yaml") if not p.name.startswith("search_"))  # searches: their own loader
     assert len(paths) >= 6
     for path in paths:
         study = load_study(path)

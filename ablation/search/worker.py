@@ -25,7 +25,7 @@ from ablation.search import storage as st
 from ablation.search.resolve import trial_config
 from ablation.search.space import build_pruner, build_sampler, suggest
 from ablation.search.spec import Search
-from ablation.tracking import writer
+from ablation.tracking import reader, writer
 from detector.engine.hooks import TrainHooks
 
 
@@ -70,9 +70,7 @@ def _objectives(search: Search, outcome, uri: str) -> tuple[list[float] | None, 
         value = outcome.metrics.get(obj.metric)
         if value is None:
             if logged is None:
-                from mlflow import MlflowClient
-
-                logged = MlflowClient(uri).get_run(outcome.run_id).data.metrics
+                logged = reader.run_metrics(uri, outcome.run_id)
             value = logged.get(obj.metric)
         if value is None or not math.isfinite(value):
             return None, f"objective {obj.metric} was not logged (or is not finite)"

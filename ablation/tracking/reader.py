@@ -176,6 +176,16 @@ def run_tags(tracking_uri: str, run_id: str) -> dict[str, str]:
         return {}
 
 
+def run_metrics(tracking_uri: str, run_id: str) -> dict[str, float]:
+    """The last value of each metric of `run_id` ({} when the store does not hold it)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return dict(_client(tracking_uri).get_run(run_id).data.metrics)
+    except MlflowException:
+        return {}
+
+
 def run_records(tracking_uri: str, run_id: str, kind: str) -> list[tuple[int, list | dict]]:
     """The records of `kind` a run stored (`MlflowHooks.on_records`), as (iteration, records), in order."""
     client = _client(tracking_uri)
@@ -243,6 +253,6 @@ def _no_progress_bar():
             os.environ[name] = old
 
 
-__all__ = ["RunNotFound", "RunRecord", "json_artifact", "read_json_artifacts", "runs_frame", "records_of", "by_key", "study_runs", "finished_run",
+__all__ = ["RunNotFound", "RunRecord", "run_metrics", "json_artifact", "read_json_artifacts", "runs_frame", "records_of", "by_key", "study_runs", "finished_run",
            "resumable_run", "find_parent", "run_active", "run_tags", "run_records", "run_detections",
            "DETECTIONS_ARTIFACT"]
