@@ -57,11 +57,12 @@ def stop_once(signum, frame):
     raise _Terminated(f"stopped by {signal.Signals(signum).name}; the same command resumes it")
 
 
-def _setup_worker(args: WorkerArgs) -> None:
-    """Pin the GPU and threads before torch loads; die with the launcher; SIGTERM -> clean stop."""
-    if args.gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+def setup_worker_process(index: int, threads: int, launcher_pid: int, gpu: str | None = None) -> None:
+    """In a spawned worker (a study's or a search's): pin the GPU and threads before torch loads; die with the
+    launcher; SIGTERM -> clean stop (`_Terminated`, a KeyboardInterrupt)."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    os.environ["OMP_NUM_THREADS"] = str(threads)
     signal.signal(signal.SIGTERM, stop_once)
     signal.signal(signal.SIGINT, stop_once)
     try:
@@ -70,12 +71,12 @@ def _setup_worker(args: WorkerArgs) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-    if os.getppid() != args.launcher_pid:  # the launcher died before prctl took effect
+    if os.getppid() != launcher_pid:  # the launcher died before prctl took effect
         raise _Terminated()
-    logging.basicConfig(level=logging.WARNING, format=f"  worker {args.index}: %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format=f"  worker {index}: %(levelname)s %(message)s")
     import torch
 
-    torch.set_num_threads(args.threads)  # train.num_threads > 0 in the config still wins
+    torch.set_num_threads(threads)  # train.num_threads > 0 in the config still wins
 
 
 def _put_back(q: WorkQueue, items: list[dict], args: WorkerArgs) -> int:
@@ -96,7 +97,7 @@ def worker_main(args: WorkerArgs, events) -> None:
         events.put((args.index, kind, data))
 
     try:
-        _setup_worker(args)
+        setup_worker_process(args.index, args.threads, args.launcher_pid, args.gpu)
         q = WorkQueue(args.queue_location, args.queue_name, args.heartbeat_s)
         errors = 0
         while errors < MAX_CONSECUTIVE_ERRORS:

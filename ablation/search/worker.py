@@ -13,14 +13,12 @@ and enqueued again, so the next run of the command resumes its MLflow run from t
 from __future__ import annotations
 
 import math
-import os
-import signal
 import time
 import warnings
 from dataclasses import dataclass
 
 from ablation.execution.run import RunSpec, execute
-from ablation.execution.worker import stop_once
+from ablation.execution.worker import setup_worker_process
 from ablation.search import storage as st
 from ablation.search.resolve import trial_config
 from ablation.search.space import build_pruner, build_sampler, suggest
@@ -185,21 +183,8 @@ def work(args: WorkerArgs, emit) -> None:
 
 def worker_main(args: WorkerArgs, events) -> None:
     """Entry point of a spawned worker: pin threads, die with the launcher, run `work`."""
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    signal.signal(signal.SIGTERM, stop_once)
-    signal.signal(signal.SIGINT, stop_once)
     try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    try:
-        if os.getppid() != args.launcher_pid:  # the launcher died before prctl took effect
-            raise KeyboardInterrupt
-        import torch
-
-        torch.set_num_threads(args.threads)
+        setup_worker_process(args.index, args.threads, args.launcher_pid)
         work(args, lambda kind, **data: events.put((args.index, kind, data)))
     except KeyboardInterrupt:
         events.put((args.index, "exit", {"code": 130}))
