@@ -36,8 +36,8 @@ from typing import Any
 from ablation.search.resolve import trial_config
 from ablation.search.spec import (DIRECTIONS, PARAM_KINDS, Objective, Param, PrunerSpec, RerunSpec, SamplerSpec,
                                   Search)
-from ablation.study.load import METRIC_NAMES, NAME_RE, _load_base, _parse_profiles, _parse_seeds
-from ablation.study.source import Ctx, StudyError, error_key, find_line, line_of, nest, plain, read_yaml
+from ablation.study.load import METRIC_NAMES, NAME_RE, _load_base, _parse_profiles, _parse_seeds, read_top
+from ablation.study.source import Ctx, error_key, find_line, line_of, nest, plain
 from detector.config import ConfigError, check_delta
 from detector.evaluation import extra
 from detector.evaluation.voc_eval import METRIC_NAMES as VOC_METRIC_NAMES, metric_names
@@ -240,16 +240,7 @@ def _check_cross(ctx: Ctx, raw: dict, search: Search, pruner_node: dict) -> None
 def parse_search(path: str | Path) -> Search:
     """Parse and validate a search file's schema (`load_search` also resolves trial configs); raise `StudyError`."""
     path = Path(path)
-    if not path.is_file():
-        raise StudyError(f"search file not found: {path}")
-    ctx = Ctx(path)
-    raw = read_yaml(path)
-    if not isinstance(raw, dict):
-        raise StudyError(f"{path}:1: the top level must be a mapping with name, base, space, profiles")
-    ctx.keys(raw, TOP_KEYS, "")
-    name = raw.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ctx.error(line_of(raw, "name"), "name", f"expected a name of letters, digits, '_', '-', '.', got {name!r}")
+    ctx, raw, name = read_top(path, "search", TOP_KEYS, "name, base, space, profiles")
     if "base" not in raw:
         raise ctx.error(raw.line, "base", "missing: a config file (studies/configs/paa.yaml) or an inline config")
     base, base_name = _load_base(ctx, raw["base"], line_of(raw, "base"), "base")

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ablation.study.source import Ctx, StudyError, line_of, nest, plain, read_yaml
+from ablation.study.source import NAME_RE, Ctx, StudyError, line_of, nest, plain, read_top
 from detector.config import ConfigError, deep_merge, flatten, load_yaml
 from detector.evaluation.coco_eval import STAT_NAMES
 from detector.evaluation.extra import METRIC_NAMES as EXTRA_METRIC_NAMES
@@ -53,7 +53,6 @@ GROUP_KEYS = ("title", "rows")
 DEFAULT_METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 METRIC_NAMES = (*STAT_NAMES, *VOC_METRIC_NAMES, *EXTRA_METRIC_NAMES)  # VOC / extra: only when computed (expand.py)
 FAILED_REFERENCE = "training failed"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 # ---------------------------------------------------------------- the parsed study
@@ -356,16 +355,7 @@ def _parse_baseline(ctx: Ctx, raw: dict, rows: list[Row]) -> str | None:
 def parse_study(path: str | Path) -> Study:
     """Parse and validate a study file's schema; `expand.load_study` also resolves every run; raise `StudyError`."""
     path = Path(path)
-    if not path.is_file():
-        raise StudyError(f"study file not found: {path}")
-    ctx = Ctx(path)
-    raw = read_yaml(path)
-    if not isinstance(raw, dict):
-        raise StudyError(f"{path}:1: the top level must be a mapping with name, base, rows, profiles")
-    ctx.keys(raw, TOP_KEYS, "")
-    name = raw.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ctx.error(line_of(raw, "name"), "name", f"expected a name of letters, digits, '_', '-', '.', got {name!r}")
+    ctx, raw, name = read_top(path, "study", TOP_KEYS, "name, base, rows, profiles")
     paper = raw.get("paper") or {}
     ctx.expect(paper, dict, line_of(raw, "paper"), "paper", "a mapping with title, table, file")
     ctx.keys(paper, PAPER_KEYS, "paper")

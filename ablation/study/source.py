@@ -149,6 +149,25 @@ def nest(ctx: Ctx, node: Any, key: str, line: int) -> tuple[dict, dict[str, int]
     return out, lines
 
 
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # study, search and profile names
+
+
+def read_top(path: Path, kind: str, top_keys: tuple[str, ...], shape: str) -> tuple[Ctx, dict, str]:
+    """A study or search file's top level: (ctx, the mapping, its valid name); `StudyError` when the file is
+    missing, not a mapping, has an unknown top key or a bad name. `shape` names the expected keys."""
+    if not path.is_file():
+        raise StudyError(f"{kind} file not found: {path}")
+    ctx = Ctx(path)
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise StudyError(f"{path}:1: the top level must be a mapping with {shape}")
+    ctx.keys(raw, top_keys, "")
+    name = raw.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ctx.error(line_of(raw, "name"), "name", f"expected a name of letters, digits, '_', '-', '.', got {name!r}")
+    return ctx, raw, name
+
+
 _KEY_IN_ERROR = (re.compile(r"unknown key '([^']+)'"), re.compile(r"^([A-Za-z_][\w.]*)"))
 
 
