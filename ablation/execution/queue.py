@@ -26,6 +26,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -59,11 +60,25 @@ def open_storage(location: str):
         if location.startswith("sqlite"):
             raise QueueError(f"--queue-storage {location}: SQLite cannot claim rows atomically through Optuna; "
                              "use a journal file path (the default) or a PostgreSQL URL")
-        return optuna.storages.RDBStorage(location, engine_kwargs={"pool_pre_ping": True})
+        return rdb_storage(location, "--queue-storage")
     path = Path(location).expanduser().resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = JournalFileSymlinkLock(str(path), grace_period=LOCK_GRACE_S)
     return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
+
+
+def rdb_storage(location: str, option: str, **kwargs):
+    """Optuna's `RDBStorage` on a database URL; a missing database driver is one line naming the extra to install."""
+    import optuna
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval's notice
+            return optuna.storages.RDBStorage(location, engine_kwargs={"pool_pre_ping": True}, **kwargs)
+    except ImportError as exc:
+        driver = exc.__cause__.name if isinstance(exc.__cause__, ImportError) and exc.__cause__.name else "its driver"
+        hint = ' (pip install "anchorlab[postgres]")' if location.startswith("postgres") else ""
+        raise QueueError(f"{option} {location}: the database driver is not installed: {driver}{hint}") from None
 
 
 @dataclass

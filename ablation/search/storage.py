@@ -28,7 +28,7 @@ import warnings
 from datetime import datetime
 from pathlib import Path
 
-from ablation.execution.queue import QueueError, open_storage
+from ablation.execution.queue import QueueError, open_storage, rdb_storage
 from ablation.processes import HOST, pid_alive
 
 WORKER = "anchorlab_worker"  # trial system attribute: {host, pid, beat}
@@ -77,10 +77,13 @@ def open_search_storage(location: str, heartbeat_s: float = DEFAULT_HEARTBEAT_S)
         raise QueueError(f"--storage {location}: SQLite cannot hand a trial to exactly one process through Optuna; "
                          "use a journal file path (the default) or a PostgreSQL URL")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.storages.RDBStorage(location, engine_kwargs={"pool_pre_ping": True},
-                                      heartbeat_interval=max(1, round(heartbeat_s)),
-                                      grace_period=max(2, round(GRACE_BEATS * heartbeat_s)),
-                                      failed_trial_callback=Retry())
+    import inspect
+
+    # Optuna 4.9 renamed the callback argument (the old name warns); pass whichever this Optuna has.
+    params = inspect.signature(optuna.storages.RDBStorage).parameters
+    callback = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params else "failed_trial_callback"
+    return rdb_storage(location, "--storage", heartbeat_interval=max(1, round(heartbeat_s)),
+                       grace_period=max(2, round(GRACE_BEATS * heartbeat_s)), **{callback: Retry()})
 
 
 def open_study(storage, name: str, directions: list[str], sampler=None, pruner=None):
