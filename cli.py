@@ -116,12 +116,20 @@ def train(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: SQLite in the workspace)."),
     experiment: str = typer.Option("anchorlab", help="MLflow experiment name."),
     run_name: Optional[str] = typer.Option(None),
+    nproc: Optional[int] = typer.Option(None, min=1, help="Processes (GPUs) of this one run, started by torchrun; "
+                                        "train.batch_size stays the global batch (sets train.nproc)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
     """Train one detector as one tracked MLflow run, then evaluate it on the val split."""
+    import cli_dist
+
     _setup_logging(verbose)
     with _user_errors():
-        cfg = _load(config, set_)
+        cfg = _load(config, [*set_, *([f"train.nproc={nproc}"] if nproc else [])])
+        cli_dist.relaunch_if_needed(cfg.train.nproc)  # outside torchrun: becomes torchrun, never returns
+        cli_dist.check_world(cfg.train.nproc)
+        if cli_dist.secondary():
+            raise typer.Exit(cli_dist.train_secondary(cfg, workspace))
         from ablation.display.run_progress import RichProgressHooks, make_progress
         from ablation.execution.run import SAME_COMMAND_RESTARTS, RunSpec, execute
         from ablation.tracking.store import resolve_tracking_uri, workspace_dir

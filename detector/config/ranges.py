@@ -84,6 +84,7 @@ RANGES: dict[str, Range] = {
     "loss.aux_weight": NON_NEGATIVE,
     "train.iterations": AT_LEAST_ONE,
     "train.batch_size": AT_LEAST_ONE,
+    "train.nproc": AT_LEAST_ONE,
     "train.base_lr": POSITIVE,
     "train.momentum": Range(0.0, 1.0, high_open=True),
     "train.weight_decay": NON_NEGATIVE,

@@ -77,6 +77,7 @@ class BackboneConfig:
     name: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101 | tiny
     weights: str = ""  # local state-dict path; empty = random init (nothing is ever downloaded)
     frozen_bn: bool = False
+    sync_bn: bool = False  # a data-parallel run on GPUs: BatchNorm statistics over every process's images
     tiny_width: int = 32  # base width of the `tiny` CPU backbone
     tiny_depth: int = 1  # residual convs per stage of the `tiny` backbone
 
@@ -155,6 +156,9 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # processes of one data-parallel run (one per GPU; torchrun starts them: `anchorlab train --nproc N`);
+    # batch_size stays the global batch, split evenly over them (`detector.distributed`)
+    nproc: int = 1
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
     flush_denormal: bool = True  # CPU: denormal floats slow convolutions several-fold
     checkpoint_every: int = 5000

@@ -72,6 +72,25 @@ class AugSeedSampler(Sampler[tuple[int, int]]):
             yield index, derive_seed(self.base.seed, AUG_STREAM, p, index)
 
 
+class RankSlice(Sampler[tuple[int, int]]):
+    """Rank `rank`'s part of every global batch of a data-parallel run: keys [rank * b, (rank + 1) * b) of each
+    run of `batch_size` keys of the stream (b = batch_size / world). The ranks together see exactly the
+    single-process stream, so a run's data do not depend on its number of processes (an iteration-based
+    stand-in for `DistributedSampler`, which is epoch-based)."""
+
+    def __init__(self, base: Sampler, batch_size: int, rank: int, world: int):
+        if batch_size % world:
+            raise ValueError(f"train.batch_size {batch_size} is not divisible by the {world} processes of the run")
+        self.base, self.batch_size, self.rank = base, batch_size, rank
+        self.per_rank = batch_size // world
+
+    def __iter__(self):
+        lo, hi = self.rank * self.per_rank, (self.rank + 1) * self.per_rank
+        for i, key in enumerate(self.base):
+            if lo <= i % self.batch_size < hi:
+                yield key
+
+
 def _loader_kwargs(dataset: Dataset, num_workers: int, size_divisibility: int | None) -> dict:
     if size_divisibility is None:
         size_divisibility = dataset.cfg.size_divisibility
@@ -83,15 +102,20 @@ def _loader_kwargs(dataset: Dataset, num_workers: int, size_divisibility: int | 
 
 
 def build_train_loader(dataset: Dataset, batch_size: int, seed: int, start_iteration: int = 0,
-                       num_workers: int = 0, size_divisibility: int | None = None) -> DataLoader:
-    """Infinite loader of `Batch`es; batch j holds stream positions (start_iteration + j) * batch_size onwards.
+                       num_workers: int = 0, size_divisibility: int | None = None, rank: int = 0,
+                       world: int = 1, pin_memory: bool = False) -> DataLoader:
+    """Infinite loader of `Batch`es; batch j holds stream positions (start_iteration + j) * batch_size onwards
+    (in a run of `world` processes: rank `rank`'s slice of them, `RankSlice`).
 
     `dataset` must accept `(index, aug_seed)` keys (as `CocoDetection` does). `size_divisibility`
     defaults to `dataset.cfg.size_divisibility`. The loader gets its own generator, so creating an
     iterator never draws from the global torch RNG (which would shift model initialisation).
     """
     sampler = AugSeedSampler(InfiniteSampler(len(dataset), seed, shuffle=True, start=start_iteration * batch_size))
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=False,
+    if world > 1:
+        sampler = RankSlice(sampler, batch_size, rank, world)
+        batch_size //= world
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=False, pin_memory=pin_memory,
                       generator=torch.Generator().manual_seed(derive_seed(seed)),
                       **_loader_kwargs(dataset, num_workers, size_divisibility))
 
@@ -104,4 +128,4 @@ def build_eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0,
                       **_loader_kwargs(dataset, num_workers, size_divisibility))
 
 
-__all__ = ["InfiniteSampler", "AugSeedSampler", "build_train_loader", "build_eval_loader"]
+__all__ = ["InfiniteSampler", "AugSeedSampler", "RankSlice", "build_train_loader", "build_eval_loader"]

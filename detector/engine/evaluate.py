@@ -7,8 +7,10 @@ from typing import Callable
 
 import torch
 from torch import Tensor
+from torch.utils.data import Subset
 from torchvision.ops import box_iou
 
+from detector import distributed
 from detector.config import Config
 from detector.data.sampler import build_eval_loader
 from detector.evaluation.coco_eval import evaluate_detections, write_json
@@ -49,7 +51,11 @@ def predict(model, dataset, cfg: Config, device, progress: Callable[[int, int], 
     model.eval()
     coder = build_box_coder(cfg)
     method_fusion = METHODS[cfg.assign.name].score_fusion
-    loader = build_eval_loader(dataset, cfg.train.batch_size, cfg.data.num_workers)
+    group = distributed.group()
+    # a data-parallel run predicts on its rank's share of the images (every world-th) and gathers below
+    part = dataset if group.world == 1 else Subset(dataset, range(group.rank, len(dataset), group.world))
+    loader = build_eval_loader(part, max(1, cfg.train.batch_size // group.world), cfg.data.num_workers,
+                               size_divisibility=dataset.cfg.size_divisibility)
     results, aux_pairs, done = [], [], 0
     for batch in loader:
         batch = batch.to(device)
@@ -63,10 +69,17 @@ def predict(model, dataset, cfg: Config, device, progress: Callable[[int, int], 
                 true = true_ious(det, batch.gt_boxes[i], batch.gt_labels[i], batch.gt_valid[i])
                 aux_pairs.append(torch.stack([det["aux"], true], 1))
         results.extend(to_coco_results(dets, batch.image_ids, batch.scales, dataset.label_to_cat_id))
-        done += len(batch)
+        done += len(batch) * group.world
         if progress:
-            progress(done, len(dataset))
-    return results, (torch.cat(aux_pairs) if aux_pairs else torch.zeros(0, 2))
+            progress(min(done, len(dataset)), len(dataset))
+    aux = torch.cat(aux_pairs).cpu() if aux_pairs else torch.zeros(0, 2)
+    if group.world > 1:  # every rank gets every image's detections (and NMS-recall overlaps) to evaluate once
+        parts = distributed.gather((results, aux, overlaps))
+        results = [r for rs, _, _ in parts for r in rs]
+        aux = torch.cat([a for _, a, _ in parts])
+        if overlaps is not None:
+            overlaps[:] = [o for _, _, os_ in parts for o in os_]
+    return results, aux
 
 
 def _metrics(results: list[dict], aux_pairs: Tensor, dataset, cfg: Config,
@@ -95,16 +108,20 @@ def evaluate_metrics(model, dataset, cfg: Config, device, progress=None) -> dict
     """Predict and evaluate without writing files (evaluations during training)."""
     overlaps = [] if cfg.eval.nms_recall else None
     results, aux_pairs = predict(model, dataset, cfg, device, progress, overlaps)
-    return _metrics(results, aux_pairs, dataset, cfg, overlaps)
+    # a data-parallel run evaluates once, on the main rank, and every rank gets the metrics (a pruner's stop)
+    metrics = _metrics(results, aux_pairs, dataset, cfg, overlaps) if distributed.group().main else None
+    return distributed.broadcast(metrics)
 
 
 def evaluate_model(model, dataset, cfg: Config, device, out_dir: Path, progress=None) -> tuple[dict, dict]:
     """Predict, write `detections.json` and `metrics.json` into out_dir; returns (metrics, files)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     overlaps = [] if cfg.eval.nms_recall else None
     results, aux_pairs = predict(model, dataset, cfg, device, progress, overlaps)
+    if not distributed.group().main:  # the main rank writes and evaluates (every rank gathered everything)
+        return distributed.broadcast(None), {}
+    out_dir.mkdir(parents=True, exist_ok=True)
     det_path = write_json(out_dir / "detections.json", results)
     metrics = _metrics(results, aux_pairs, dataset, cfg, overlaps)
     metrics_path = write_json(out_dir / "metrics.json", metrics)
-    return metrics, {"detections": det_path, "metrics": metrics_path}
+    return distributed.broadcast(metrics), {"detections": det_path, "metrics": metrics_path}

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from detector import distributed
 from detector.config import Config, config_to_dict
 from detector.data.build import build_datasets
 from detector.data.sampler import build_train_loader
@@ -45,10 +46,15 @@ class TrainResult:
     wall_time: float = 0.0  # seconds, over every process of the run (`RUN_SECONDS`)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """The run's device; each process of a data-parallel run on GPUs takes the GPU of its local rank."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and distributed.active():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -58,6 +64,19 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+
+
+def data_parallel(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.nn.Module:
+    """`model` wrapped for a data-parallel run (DistributedDataParallel; SyncBatchNorm with
+    `model.backbone.sync_bn` on GPUs), or `model` itself in one process. Evaluation and checkpoints use `model`."""
+    if not distributed.active():
+        return model
+    if cfg.model.backbone.sync_bn and not cfg.model.backbone.frozen_bn:
+        if device.type != "cuda":
+            raise distributed.DistributedError("model.backbone.sync_bn needs GPUs (torch's SyncBatchNorm runs on CUDA "
+                                               "only): use model.backbone.frozen_bn on the CPU")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def train(cfg: Config, workspace: Path, hooks: TrainHooks | None = None, resume: bool = False,
@@ -79,9 +98,21 @@ def train(cfg: Config, workspace: Path, hooks: TrainHooks | None = None, resume:
     `train.ema_decay` > 0 every evaluation (during training and at the end) is of the weights' EMA
     (`engine.ema`), which checkpoints carry as "ema".
     """
-    workdir = Path(workdir) if workdir is not None else run_dir(workspace, run_key(cfg))
-    with claim_workdir(workdir):
-        return _train(cfg, Path(workspace), hooks or TrainHooks(), resume, workdir)
+    device_type = torch.device(cfg.train.device if cfg.train.device != "auto" else
+                               "cuda" if torch.cuda.is_available() else "cpu").type
+    joined = not distributed.active()
+    group = distributed.setup(cfg.train.nproc, device_type, cfg.train.batch_size)
+    try:
+        if not group.main:  # the main rank owns the folder, the tracking and the decision to resume
+            workdir, resume = distributed.broadcast(None)
+            return _train(cfg, Path(workspace), TrainHooks(), resume, Path(workdir))
+        workdir = Path(workdir) if workdir is not None else run_dir(workspace, run_key(cfg))
+        with claim_workdir(workdir):
+            distributed.broadcast((str(workdir), resume))
+            return _train(cfg, Path(workspace), hooks or TrainHooks(), resume, workdir)
+    finally:
+        if joined and group.world > 1:
+            distributed.teardown()
 
 
 def _train(cfg: Config, workspace: Path, hooks: TrainHooks, resume: bool, workdir: Path) -> TrainResult:
@@ -91,12 +122,14 @@ def _train(cfg: Config, workspace: Path, hooks: TrainHooks, resume: bool, workdi
     if tc.num_threads > 0:
         torch.set_num_threads(tc.num_threads)
     seed_everything(tc.seed, tc.deterministic)
-    device = resolve_device(tc.device)
+    group = distributed.group()
+    device = resolve_device(tc.device, group.local_rank)
     torch.set_flush_denormal(tc.flush_denormal)
 
     train_set, val_set = build_datasets(cfg, workspace)
     num_classes = cfg.model.num_classes or train_set.num_classes
     model = DenseDetector(cfg.model, num_classes).to(device)
+    trained = data_parallel(model, cfg, device)  # the model itself in one process
     optimizer = build_optimizer(model, tc)
     use_amp = tc.amp and device.type == "cuda"
     amp_dtype = getattr(torch, tc.amp_dtype)
@@ -130,8 +163,9 @@ def _train(cfg: Config, workspace: Path, hooks: TrainHooks, resume: bool, workdi
     for name, ds in (("train", train_set), ("val", val_set)):
         log.info("%s data: %s", name, ds.report.summary())
 
-    step = TrainStep(model, cfg)
-    loader = build_train_loader(train_set, tc.batch_size, tc.seed, start_iteration=start, num_workers=cfg.data.num_workers)
+    step = TrainStep(trained, cfg)
+    loader = build_train_loader(train_set, tc.batch_size, tc.seed, start_iteration=start, num_workers=cfg.data.num_workers,
+                                rank=group.rank, world=group.world, pin_memory=device.type == "cuda")
     batches = iter(loader)
     model.train()
     last_ckpt = workdir / LAST if start else None
@@ -146,9 +180,11 @@ def _train(cfg: Config, workspace: Path, hooks: TrainHooks, resume: bool, workdi
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             losses, result, counts = step(batch)
         loss = losses["loss"]
-        # one host sync for both checks: a non-finite loss, and a batch with GTs but no positive
-        finite, no_positive = torch.stack([torch.isfinite(loss).detach(),
-                                           batch.gt_valid.any() & ~result.positive.any()]).tolist()
+        # one host sync for both checks: a non-finite loss (on any rank), and a global batch with GTs but no
+        # positive (on every rank); every rank takes the same branch
+        nonfinite, positive = distributed.any_rank(torch.stack([~torch.isfinite(loss).detach(),
+                                                                 result.positive.any() | ~batch.gt_valid.any()]))
+        finite, no_positive = not nonfinite, not positive
         without_positives = without_positives + 1 if no_positive else 0
         reason = None
         if not finite:
@@ -179,21 +215,24 @@ def _train(cfg: Config, workspace: Path, hooks: TrainHooks, resume: bool, workdi
             now = time.perf_counter()
             scalars.update({"lr": lr, "time/step_s": now - t_step, "time/data_s": t_step - t_data,
                             "time/assign_s": step.assign_seconds})
-            hooks.on_iteration(done, scalars)
+            hooks.on_iteration(done, distributed.mean_scalars(scalars))  # the ranks' mean; the main rank logs
         if tc.record_every > 0 and (done % tc.record_every == 0 or done == 1):
             hooks.on_records(done, "positives_per_gt", positives_histogram(result, batch.gt_valid))
             for kind, records in step.method.records(result, tc.record_gts, done).items():
                 hooks.on_records(done, kind, records)
         if tc.checkpoint_every > 0 and done % tc.checkpoint_every == 0 and done < tc.iterations:
             hooks.before_checkpoint(done)
-            last_ckpt = save_checkpoint(workdir / LAST, model, optimizer, scaler, done, ema,
-                                        {**meta, "elapsed_s": time.perf_counter() - t0})
-            hooks.on_checkpoint(done, last_ckpt)
+            if group.main:
+                save_checkpoint(workdir / LAST, model, optimizer, scaler, done, ema,
+                                {**meta, "elapsed_s": time.perf_counter() - t0})
+                hooks.on_checkpoint(done, workdir / LAST)
+            distributed.barrier()  # no rank runs ahead of a checkpoint it might be resumed from
+            last_ckpt = workdir / LAST
         if tc.eval_every > 0 and done % tc.eval_every == 0 and done < tc.iterations:
             metrics = evaluate_metrics(eval_model, val_set, cfg, device, progress=hooks.on_eval_progress)
             model.train()
             hooks.on_eval(done, metrics, {})
-            if hooks.should_stop(done):
+            if distributed.broadcast(hooks.should_stop(done)):  # the main rank's pruner decides for all
                 reason = f"pruned at iteration {done} (val AP {100 * metrics.get('AP', float('nan')):.1f})"
                 log.info(reason)
                 hooks.on_end("PRUNED", reason)
@@ -203,9 +242,12 @@ def _train(cfg: Config, workspace: Path, hooks: TrainHooks, resume: bool, workdi
     if no_pos_n:  # one number per run for tables: the mean over the iterations this process logged
         hooks.on_iteration(tc.iterations, {GT_WITHOUT_POS_MEAN: no_pos_sum / no_pos_n})
     hooks.before_checkpoint(tc.iterations)
-    last_ckpt = save_checkpoint(workdir / LAST, model, optimizer, scaler, tc.iterations, ema,
-                                {**meta, "elapsed_s": time.perf_counter() - t0})
-    hooks.on_checkpoint(tc.iterations, last_ckpt)
+    if group.main:
+        save_checkpoint(workdir / LAST, model, optimizer, scaler, tc.iterations, ema,
+                        {**meta, "elapsed_s": time.perf_counter() - t0})
+        hooks.on_checkpoint(tc.iterations, workdir / LAST)
+    distributed.barrier()
+    last_ckpt = workdir / LAST
     result = TrainResult("FINISHED", iterations=tc.iterations, checkpoint=last_ckpt)
     if tc.eval_at_end:
         metrics, files = evaluate_model(

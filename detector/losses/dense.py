@@ -21,6 +21,7 @@ from torchvision.ops import sigmoid_focal_loss
 from detector.assigners.base import IGNORE, AssignResult
 from detector.box_coder import Coder
 from detector.boxes import aligned_giou, aligned_iou, box_centers, centerness, point_box_distances
+from detector.distributed import reduce_mean
 
 if TYPE_CHECKING:  # annotations only: detector.methods imports this module, and detector.config imports it
     from detector.config.sections import LossConfig
@@ -52,7 +53,8 @@ def dense_losses(
     b, a, c = out.cls_logits.shape
     labels = result.labels(gt_labels)  # (B, A)
     pos = labels >= 0
-    num_pos = pos.sum().clamp(min=1).float()
+    # averaged over the processes of a data-parallel run, as the official codes do (identity in one process)
+    num_pos = reduce_mean(pos.sum().float()).clamp(min=1)
 
     valid = labels != IGNORE
     target = torch.zeros_like(out.cls_logits)
@@ -81,7 +83,7 @@ def dense_losses(
     # PAA: well-localised positives count more; FCOS: central points count more. Normalised by the weights' sum.
     reg_target = iou_target if cfg.reg_iou_weighted else ctr_target if cfg.reg_centerness_weighted else None
     if reg_target is not None:
-        loss_reg = (per_pos * weight * reg_target).sum() / reg_target.sum().clamp(min=1e-6)
+        loss_reg = (per_pos * weight * reg_target).sum() / reduce_mean(reg_target.sum()).clamp(min=1e-6)
     else:
         loss_reg = (per_pos * weight).sum() / num_pos
     losses = {"loss_cls": loss_cls, "loss_reg": cfg.reg_weight * loss_reg}
