@@ -1,10 +1,9 @@
 """The positive points each anchor-free rule picks for the GTs of one image, one panel per rule (the practical
 counterpart of the Pseudo-IoU paper's Fig. 1, Li et al., CVPRW 2021).
 
-The rules are geometry only, so no model is needed: each config's val transform resizes the image, the points
-come from the grid the training forward builds (`DenseDetector.anchors` over its feature-map sizes, taken on the
-meta device), and the method's own assign function runs through `detector.assigners.assign` with the inputs of the
-training step's default loss. Points are drawn in original pixels (input / scale): all configs share one image.
+The rules are geometry only, so no model is needed: each config's val transform resizes the image, and the
+method's own assign function runs on the training forward's grid of points (`checkpoint_image.geometric_assign`).
+Points are drawn in original pixels (input / scale): all configs share one image.
 
 Dimensions: M GTs of the image (crowd regions are not GTs), N positive points of one rule, A points.
 """
@@ -23,21 +22,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from dashboards.assign_figures import save_figure  # noqa: E402
+from dashboards.checkpoint_image import MIN_GTS, geometric_assign, image_index  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from detector.assigners import assign  # noqa: E402
-from detector.assigners.base import AssignInputs  # noqa: E402
 from detector.assigners.fcos import FCOSConfig  # noqa: E402
 from detector.boxes import box_centers  # noqa: E402
 from detector.config import Config, ConfigError  # noqa: E402
 from detector.data.build import dataset_paths  # noqa: E402
-from detector.data.coco import CocoDetection, DataError  # noqa: E402
+from detector.data.coco import CocoDetection  # noqa: E402
 from detector.data.transforms import collate  # noqa: E402
 from detector.methods import METHODS, method_config  # noqa: E402
-from detector.model.anchors import anchors_per_location  # noqa: E402
-from detector.model.detector import DenseDetector  # noqa: E402
 
-MIN_GTS = 3  # the default image is the first val image with at least this many GTs
 PANEL_INCHES, MARKER_SIZE = 4.0, 5.0  # width of one panel; area (pt^2) of a point of the finest level
 IMAGE_ALPHA = 0.5  # the image faded towards white, so that boxes and points stand out
 # GT j and its points in colour j mod 20: tab10's ten, then their lighter tints
@@ -92,35 +87,15 @@ def rule_param(cfg: Config) -> str:
 
 
 def _positives(cfg: Config, sample: dict, num_classes: int) -> RulePositives:
-    """Assign the points of one transformed val sample with the config's method."""
-    method = METHODS[cfg.assign.name]
+    """Assign the points of one transformed val sample with the config's method (`geometric_assign`)."""
     batch = collate([sample], cfg.data.size_divisibility)
-    no_weights = dataclasses.replace(cfg.model, backbone=dataclasses.replace(cfg.model.backbone, weights=""))
-    with torch.device("meta"):  # shapes only, no weights read: the feature-map sizes of the training forward
-        model = DenseDetector(no_weights, num_classes)
-        sizes = [tuple(f.shape[-2:]) for f in model.features(torch.empty(batch.images.shape))]
-    anchors, counts = model.anchors(sizes, torch.device("cpu"))
-    inputs = AssignInputs(  # as the training step's default loss builds them (`methods.assign_then_dense`)
-        anchors=anchors, num_per_level=counts, strides=cfg.model.anchors.strides, gt_boxes=batch.gt_boxes,
-        gt_labels=batch.gt_labels, gt_valid=batch.gt_valid, ignore_boxes=batch.ignore_boxes,
-        ignore_valid=batch.ignore_valid, anchors_per_location=anchors_per_location(cfg.model.anchors))
-    matched = assign(inputs, method.assign, method_config(cfg.assign), cfg.assign.ignore_iof).matched_gt[0]  # (A,)
+    result, anchors, counts = geometric_assign(cfg, batch, num_classes)
+    matched = result.matched_gt[0]  # (A,)
     pos = torch.nonzero(matched >= 0).squeeze(1)
     centres = box_centers(anchors[pos]) / float(batch.scales[0])  # (N, 2), original pixels
-    point_strides = torch.tensor(inputs.strides).repeat_interleave(torch.tensor(counts))[pos]  # (N,)
+    point_strides = torch.tensor(cfg.model.anchors.strides).repeat_interleave(torch.tensor(counts))[pos]  # (N,)
     return RulePositives(cfg.assign.name, rule_param(cfg), centres.numpy(), matched[pos].numpy(),
                          point_strides.numpy(), int(batch.gt_valid.sum()))
-
-
-def _pick(dataset: CocoDetection, image_id: int | None) -> int:
-    """Index of `image_id` in the val set, or of the first image with >= MIN_GTS GTs (else the most GTs)."""
-    if image_id is None:
-        counts = [len(b) for b in dataset.boxes]
-        return next((i for i, n in enumerate(counts) if n >= MIN_GTS), int(np.argmax(counts)))
-    if image_id not in dataset.image_ids:
-        raise DataError(f"image id {image_id} is not among the {len(dataset)} val images of {dataset.ann_file} "
-                        f"(ids {min(dataset.image_ids)}..{max(dataset.image_ids)})")
-    return dataset.image_ids.index(image_id)
 
 
 def point_rule_positives(configs: Sequence[Config], workspace: Path, image_id: int | None = None) -> RulesImage:
@@ -150,7 +125,7 @@ def point_rule_positives(configs: Sequence[Config], workspace: Path, image_id: i
         if repr(cfg.data) not in datasets:
             datasets[repr(cfg.data)] = CocoDetection(p["val_images"], p["val_json"], cfg.data, train=False)
     first = datasets[repr(configs[0].data)]
-    index = _pick(first, image_id)
+    index = image_index(first, image_id, "val")
     rules = [_positives(cfg, datasets[repr(cfg.data)][index], first.num_classes) for cfg in configs]
     raw = first.load(index)
     return RulesImage(first.image_ids[index], raw["image"].permute(1, 2, 0).numpy(), raw["boxes"].numpy(), rules)
