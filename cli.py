@@ -14,6 +14,7 @@ import typer
 
 from cli_errors import fail as _fail
 from cli_errors import user_errors as _user_errors
+from cli_report import report
 from cli_search import search_app
 from cli_viz import viz_app
 
@@ -212,6 +213,7 @@ def ui(
 
 app.add_typer(viz_app, name="viz")  # `anchorlab viz ...`: cli_viz.py
 app.add_typer(search_app, name="search")  # `anchorlab search ...`: cli_search.py
+app.command("report")(report)  # `anchorlab report FILE`: cli_report.py
 
 
 # ---------------------------------------------------------------- studies

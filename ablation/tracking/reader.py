@@ -186,13 +186,40 @@ def run_metrics(tracking_uri: str, run_id: str) -> dict[str, float]:
         return {}
 
 
-def run_records(tracking_uri: str, run_id: str, kind: str) -> list[tuple[int, list | dict]]:
-    """The records of `kind` a run stored (`MlflowHooks.on_records`), as (iteration, records), in order."""
-    client = _client(tracking_uri)
+def _record_files(tracking_uri: str, run_id: str, kind: str) -> dict[int, str]:
+    """iteration -> artifact path of the records of `kind` (`<kind>/<kind>_<iteration>.json`), in order."""
     if not run_active(tracking_uri, run_id):
         raise RunNotFound(f"no run {run_id} in {tracking_uri}")
-    names = sorted(f.path for f in client.list_artifacts(run_id, kind) if f.path.endswith(".json"))
+    prefix = f"{kind}/{kind}_"
+    names = [f.path for f in _client(tracking_uri).list_artifacts(run_id, kind)
+             if f.path.startswith(prefix) and f.path.endswith(".json") and f.path[len(prefix):-5].isdigit()]
+    return dict(sorted((int(n[len(prefix):-5]), n) for n in names))
+
+
+def record_iterations(tracking_uri: str, run_id: str, kind: str) -> list[int]:
+    """The iterations at which a run stored records of `kind`, ascending (nothing is downloaded)."""
+    return list(_record_files(tracking_uri, run_id, kind))
+
+
+def run_records(tracking_uri: str, run_id: str, kind: str,
+                iterations: list[int] | None = None) -> list[tuple[int, list | dict]]:
+    """The records of `kind` a run stored (`MlflowHooks.on_records`), as (iteration, records), in order;
+    only those of `iterations` when given (a long run stores hundreds; a report draws a few)."""
+    files = _record_files(tracking_uri, run_id, kind)
+    wanted = None if iterations is None else set(iterations)
+    names = [name for it, name in files.items() if wanted is None or it in wanted]
     return [(int(data["iteration"]), data["records"]) for data in read_json_artifacts(tracking_uri, run_id, names)]
+
+
+def metric_history(tracking_uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """Every logged (step, value) of metric `key` of a run, by step ([] when it has none)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        points = _client(tracking_uri).get_metric_history(run_id, key)
+    except MlflowException:
+        return []
+    return sorted((int(m.step), float(m.value)) for m in points)
 
 
 def run_detections(tracking_uri: str, run_id: str) -> list[dict] | None:
@@ -254,5 +281,6 @@ def _no_progress_bar():
 
 
 __all__ = ["RunNotFound", "RunRecord", "run_metrics", "json_artifact", "read_json_artifacts", "runs_frame", "records_of", "by_key", "study_runs", "finished_run",
-           "resumable_run", "find_parent", "run_active", "run_tags", "run_records", "run_detections",
+           "resumable_run", "find_parent", "run_active", "run_tags", "run_records", "record_iterations",
+           "metric_history", "run_detections",
            "DETECTIONS_ARTIFACT"]

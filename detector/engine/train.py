@@ -27,7 +27,7 @@ from detector.engine.ema import ModelEma
 from detector.engine.evaluate import evaluate_metrics, evaluate_model
 from detector.engine.hooks import TrainHooks
 from detector.engine.optim import build_optimizer, lr_at, set_lr
-from detector.engine.records import positives_histogram
+from detector.engine.records import positives_histogram, with_names
 from detector.engine.step import TrainStep
 from detector.model.detector import DenseDetector
 from detector.run_key import run_dir, run_key
@@ -128,6 +128,7 @@ def _train(cfg: Config, workspace: Path, hooks: TrainHooks, resume: bool, workdi
 
     train_set, val_set = build_datasets(cfg, workspace)
     num_classes = cfg.model.num_classes or train_set.num_classes
+    class_names = [c["name"] for c in train_set.categories]  # label -> name, for the figures' records
     model = DenseDetector(cfg.model, num_classes).to(device)
     trained = data_parallel(model, cfg, device)  # the model itself in one process
     optimizer = build_optimizer(model, tc)
@@ -219,7 +220,7 @@ def _train(cfg: Config, workspace: Path, hooks: TrainHooks, resume: bool, workdi
         if tc.record_every > 0 and (done % tc.record_every == 0 or done == 1):
             hooks.on_records(done, "positives_per_gt", positives_histogram(result, batch.gt_valid))
             for kind, records in step.method.records(result, tc.record_gts, done).items():
-                hooks.on_records(done, kind, records)
+                hooks.on_records(done, kind, with_names(records, batch.image_ids, class_names))
         if tc.checkpoint_every > 0 and done % tc.checkpoint_every == 0 and done < tc.iterations:
             hooks.before_checkpoint(done)
             if group.main:
