@@ -266,8 +266,8 @@ def point_rules_panel(data: ReportData, folder: Path) -> Section | None:
     return section
 
 
-# The page's figure sections, in order. An image panel (assignment on one val image, detections on sample
-# images) is one more function (ReportData, folder) -> Section | None here.
+# The page's figure sections, in order; a new one is one more function (ReportData, folder) -> Section | None.
+# The image sections (a row's assignment on one val image, detections) follow: `study_image_panels.IMAGE_PANELS`.
 PANELS = (metric_panel, assignment_panel, gmm_panel, extra_metrics_panel, bag_panel, point_rules_panel)
 
 __all__ = ["RowRuns", "ReportData", "PANELS", "metric_panel", "assignment_panel", "gmm_panel", "extra_metrics_panel",

@@ -25,6 +25,7 @@ from ablation.tables.render import render
 from ablation.tracking import reader, writer
 from ablation.tracking.store import git_info, resolve_tracking_uri, workspace_dir
 from dashboards.study_page import Section, page
+from dashboards.study_image_panels import IMAGE_PANELS
 from dashboards.study_panels import PANELS, PAPER_PROFILE, ReportData, RowRuns
 
 REPORTS = "reports"  # <workspace>/reports/<study>-<profile>/index.html
@@ -134,7 +135,7 @@ def build_study_report(study: Study, profile: str, workspace=None, tracking_uri:
     folder = out / "figures"
     folder.mkdir(parents=True, exist_ok=True)
     data = report_data(study, profile, ws, uri)
-    sections = [s for s in (panel(data, folder) for panel in PANELS) if s is not None]
+    sections = [s for s in (panel(data, folder) for panel in (*PANELS, *IMAGE_PANELS)) if s is not None]
     parent = reader.find_parent(uri, study.name, profile)
     git = git_info()
     footer = (f"anchorlab report {study.path.name} --profile {profile} · {dt.datetime.now():%Y-%m-%d %H:%M} · "

@@ -76,14 +76,16 @@ def _not_blank(image: Image.Image) -> bool:
 def test_the_page_holds_every_figure_as_a_valid_png(smoke):
     html = smoke.page.read_text(encoding="utf-8")
     images = _images(html)
-    # AP per row, positives over training, 3 GMM iterations (1, 20, 30), NMS recall, AP by aspect and by crowdedness
-    assert len(images) == 8 == html.count("<img ")
+    # AP per row, positives over training, 3 GMM iterations (1, 20, 30), NMS recall, AP by aspect and by
+    # crowdedness; each row's assignment on one val image (ATSS, PAA) and the best row's detections
+    assert len(images) == 11 == html.count("<img ")
+    assert "Assignment on one val image" in html and "Detections on sample val images" in html
     for data in images:
         image = Image.open(io.BytesIO(data))
         image.verify()  # a truncated or corrupt PNG raises
         image = Image.open(io.BytesIO(data))
         assert image.format == "PNG" and image.width > 300 and image.height > 200 and _not_blank(image)
-    assert f"wrote {smoke.page}" in smoke.output and "8 figures embedded" in smoke.output
+    assert f"wrote {smoke.page}" in smoke.output and "11 figures embedded" in smoke.output
 
 
 def test_the_page_is_self_contained(smoke):
@@ -186,7 +188,7 @@ def test_chromium_renders_the_page_with_every_image_loaded(smoke, tmp_path):
     page.write_text(html.replace(csp, csp + "; script-src 'unsafe-inline'").replace("</body>", probe + "</body>"),
                     encoding="utf-8")
     done = _chromium(["--dump-dom", page.as_uri()], tmp_path)
-    assert 'data-loaded="8/8"' in done.stdout, done.stderr[-2000:]
+    assert 'data-loaded="11/11"' in done.stdout, done.stderr[-2000:]
     console = [line for line in done.stderr.splitlines() if "CONSOLE" in line]
     assert not console, console  # a blocked or failed load is reported here ("violates ... Content Security Policy")
     assert "<table>" in done.stdout and "pending" not in done.stdout
