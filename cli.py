@@ -256,6 +256,9 @@ def study_run(
     workers: int = typer.Option(1, min=1, help="Local worker processes; CPU threads are split among them."),
     gpus: Optional[str] = typer.Option(None, help="GPU ids, e.g. 0,1: one worker per GPU with CUDA_VISIBLE_DEVICES "
                                        "pinned (instead of --workers)."),
+    gpus_per_run: int = typer.Option(1, "--gpus-per-run", "--procs-per-run", min=1,
+                                     help="Processes that train each row together (DDP): with --gpus, K GPUs per row "
+                                     "(one worker per K GPUs); on the CPU, K gloo processes per worker."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List every run (label, seed, run key, state) only."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Train failed runs again from scratch (default: "
                                       "they stay failed)."),
@@ -281,7 +284,9 @@ def study_run(
 
         study, profile = _load_study(file, profile, seeds)
         gpu_ids = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else []
-        settings = RunnerSettings(workers=workers, gpus=gpu_ids, retry_failed=retry_failed,
+        if len(gpu_ids) % gpus_per_run:
+            _fail(f"--gpus {gpus}: {len(gpu_ids)} GPU(s) cannot be split into groups of --gpus-per-run {gpus_per_run}")
+        settings = RunnerSettings(workers=workers, gpus=gpu_ids, procs_per_run=gpus_per_run, retry_failed=retry_failed,
                                   queue_storage=queue_storage, heartbeat_s=heartbeat)
         for warning in study.warnings.get(profile, []) if profile in study.profiles else []:
             typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)

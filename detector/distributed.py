@@ -22,6 +22,9 @@ import torch.distributed as dist
 TIMEOUT = datetime.timedelta(minutes=30)  # a rank that waits longer for the others (a dead peer) gives up
 
 
+GROUPS_JOINED = 0  # process groups this process has trained in (a caller can tell whether a run trained at all)
+
+
 class DistributedError(RuntimeError):
     """A multi-process setting that cannot work (one line)."""
 
@@ -62,6 +65,8 @@ def setup(nproc: int, device_type: str, batch_size: int = 0) -> Group:
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=TIMEOUT)
+    global GROUPS_JOINED
+    GROUPS_JOINED += 1
     return group()
 
 

@@ -35,6 +35,10 @@ KEY_VERSION = 3  # 2: ATSS exact centre distances; PAA: order-free anchor scores
 NOT_RESULT = frozenset({
     "name", "data.num_workers", "data.cache_images", "model.channels_last", "train.device", "train.num_threads", "train.log_every",
     "train.checkpoint_every", "train.record_every", "train.record_gts", "train.eval_every", "train.seed",
+    # like the device: where a run trains. The global batch and the normalisers are the same over any number of
+    # processes (`detector.distributed`); what differs is float order and, with trainable BatchNorm, per-process
+    # statistics, as between two GPU models. So a study row keeps its key under `study run --gpus-per-run K`.
+    "train.nproc",
 })
 COCO_PATHS = ("data.train_images", "data.train_json", "data.val_images", "data.val_json")
 

@@ -19,6 +19,8 @@ import pytest
 from detector.config import build_config, config_to_dict, deep_merge
 from detector.engine.hooks import TrainHooks
 from tests.conftest import TINY
+from tests.test_study import empty_store  # noqa: F401 (fixture)
+from tests.test_study_reliability import setup  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 DDP = {"model": {"backbone": {"frozen_bn": True}},
@@ -178,3 +180,29 @@ def test_anchorlab_train_nproc_2_is_one_tracked_run(tmp_path, workspace):
     assert runs[0].data.params["train.nproc"] == "2"
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")] == [1, 2, 3, 4]
     assert "val/AP" in runs[0].data.metrics
+
+
+# ---------------------------------------------------------------- a study's rows over 2 processes each
+def test_study_rows_train_over_two_processes_each_and_keep_their_keys(setup):
+    from tests.test_study_reliability import _finish, _records, _start, count_runs
+
+    rows = [{"label": "ATSS", "overrides": {"assign.name": "atss", "model.backbone.frozen_bn": True}},
+            {"label": "PAA", "overrides": {"assign.name": "paa", "model.backbone.frozen_bn": True}}]
+    ws, study = setup(rows)
+    _finish(_start(ws, study.path, "--procs-per-run", "2"))
+    uri = f"sqlite:///{ws / 'mlflow.db'}"
+    from ablation.study.expand import expand
+
+    specs = expand(study, "smoke")
+    assert count_runs(uri, study.name) == {s.key: 1 for s in specs}
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    for spec in specs:
+        rec = _records(ws, study)[spec.key]
+        run = client.get_run(rec.run_id)
+        assert rec.status == "FINISHED" and run.data.params["train.nproc"] == "2"
+        assert [m.step for m in client.get_metric_history(rec.run_id, "loss")] == list(range(1, 101))
+    # train.nproc is not in the key: the same study on one process per row reuses every run
+    out = _finish(_start(ws, study.path))
+    assert count_runs(uri, study.name) == {s.key: 1 for s in specs}, out

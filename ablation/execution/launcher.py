@@ -52,6 +52,7 @@ ROWS_FILTER = "tags.role = 'row'"
 class RunnerSettings:
     workers: int = 1
     gpus: list[str] = field(default_factory=list)
+    procs_per_run: int = 1  # processes (GPUs, with `gpus`) that train each row together (`ranks.py`)
     retry_failed: bool = False
     queue_storage: str | None = None  # journal file path or database URL; default under workspace/queue/
     heartbeat_s: float = DEFAULT_HEARTBEAT_S
@@ -234,7 +235,9 @@ def run_study(study: Study, profile: str | None = None, settings: RunnerSettings
     parent = prepare_parent(q, study, profile, uri, ws)
     entries, _ = plan(study, profile, ws, uri, settings)
     reconcile(q, runs, uri, study.name, settings.retry_failed)
-    n = len(settings.gpus) or max(1, settings.workers)
+    k = max(1, settings.procs_per_run)
+    gpu_sets = [",".join(settings.gpus[i:i + k]) for i in range(0, len(settings.gpus) - k + 1, k)]
+    n = len(gpu_sets) or max(1, settings.workers)
     if not q.waiting() and not q.running():
         n = 0  # everything is finished or failed: no worker to start
     threads = max(1, _cpu_count() // max(1, n))
@@ -248,7 +251,7 @@ def run_study(study: Study, profile: str | None = None, settings: RunnerSettings
     try:
         for i in range(n):
             args = WorkerArgs(i, location, q.name, settings.heartbeat_s, settings.poll_s, str(ws), uri, study.name,
-                              parent, threads, settings.gpus[i] if settings.gpus else None, os.getpid())
+                              parent, threads, gpu_sets[i] if gpu_sets else None, os.getpid(), k)
             proc = ctx.Process(target=worker_main, args=(args, events), name=f"anchorlab-worker-{i}")
             proc.start()
             procs.append(proc)

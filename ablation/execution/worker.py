@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from ablation.execution.queue import WorkQueue
+from ablation.execution.ranks import rank_group
 from ablation.execution.run import RunSpec, execute
 from ablation.tracking import reader
 from ablation.tracking.writer import one_line, record_failure
@@ -39,8 +40,9 @@ class WorkerArgs:
     experiment: str
     parent_run_id: str
     threads: int
-    gpu: str | None
+    gpu: str | None  # CUDA_VISIBLE_DEVICES of the worker: one GPU, or a row's K GPUs ("2,3")
     launcher_pid: int
+    procs_per_run: int = 1  # processes that train each row (`ranks.rank_group`); the worker is rank 0
 
 
 class _Terminated(KeyboardInterrupt):
@@ -134,13 +136,14 @@ def run_item(q: WorkQueue, claim, args: WorkerArgs, emit) -> bool:
         q.finish(claim, TrialState.FAIL, f"invalid config: {exc}")
         emit("end", key=key, status="FAILED", reason=f"invalid config: {exc}", ap=None)
         return True
-    spec = RunSpec(config, item["run_name"], args.experiment, args.parent_run_id, item["tags"],
-                   reuse=True, resume=True, restart_hint=_restart_hint(args, item))
     emit("start", key=key, total=config.train.iterations)
     ok = True
     try:
-        outcome = execute(spec, args.workspace, args.tracking_uri, hooks=_EventHooks(emit, claim, key),
-                          on_wait=lambda: emit("held", key=key))
+        with rank_group(config, args.workspace, args.procs_per_run, max(1, args.threads // args.procs_per_run)) as config:
+            spec = RunSpec(config, item["run_name"], args.experiment, args.parent_run_id, item["tags"],
+                           reuse=True, resume=True, restart_hint=_restart_hint(args, item))
+            outcome = execute(spec, args.workspace, args.tracking_uri, hooks=_EventHooks(emit, claim, key),
+                              on_wait=lambda: emit("held", key=key))
         status, reason, ap = outcome.status, outcome.reason, outcome.metrics.get("AP")
     except KeyboardInterrupt:
         q.finish(claim, TrialState.FAIL, "interrupted")
@@ -149,8 +152,8 @@ def run_item(q: WorkQueue, claim, args: WorkerArgs, emit) -> bool:
     except Exception as exc:  # no run could be opened (the store is failing): record one if possible
         status, reason, ap, ok = "FAILED", one_line(exc), None, False
         try:
-            record_failure(config, args.tracking_uri, args.experiment, args.workspace, reason, spec.label,
-                           spec.tags, args.parent_run_id)
+            record_failure(config, args.tracking_uri, args.experiment, args.workspace, reason, item["run_name"],
+                           item["tags"], args.parent_run_id)
         except Exception:  # the store itself is failing: the worker gives up after a few of these
             pass
     q.finish(claim, TrialState.COMPLETE if status == "FINISHED" else TrialState.FAIL, status.lower(), ap)
