@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shlex
 import tempfile
 from pathlib import Path
 from typing import List, Optional
@@ -16,6 +17,7 @@ from cli_errors import fail as _fail
 from cli_errors import user_errors as _user_errors
 from cli_report import report
 from cli_search import search_app
+from cli_ui import ui, ui_hint
 from cli_viz import viz_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Label-assignment ablations for dense detectors.")
@@ -156,7 +158,9 @@ def train(
         figures = draw_run_figures(uri, outcome.run_id, tmp)
     typer.echo(f"run {outcome.run_id} finished in {result.wall_time:.0f}s; checkpoint {result.checkpoint}; "
                f"{len(figures)} assignment figures stored with the run")
-    typer.echo(f"tracked in {uri} (experiment '{experiment}'); open it with: anchorlab ui")
+    words = ["anchorlab", "ui", "--experiment", experiment] + (["--workspace", str(workspace)] if workspace else [])
+    words += ["--tracking-uri", tracking_uri] if tracking_uri else []
+    typer.echo(f"tracked in {uri} (experiment '{experiment}'); open it with: {shlex.join(words)}")
 
 
 @app.command("eval")
@@ -187,30 +191,7 @@ def eval_(
     typer.echo(f"wrote {files['detections']} and {files['metrics']}")
 
 
-@app.command()
-def ui(
-    workspace: Optional[Path] = typer.Option(None),
-    tracking_uri: Optional[str] = typer.Option(None),
-    port: int = typer.Option(5000),
-    host: str = typer.Option("127.0.0.1", help="Interface to listen on; any but loopback exposes the server."),
-    workers: Optional[int] = typer.Option(None, min=1, help="Server worker processes (default: MLflow's, 4)."),
-):
-    """Open the MLflow UI over the workspace's store (Ctrl-C or SIGTERM stops the whole server)."""
-    from ablation.tracking.store import workspace_dir
-    from dashboards.ui import check_can_listen, exposure_warning, serve, ui_banner
-
-    with _user_errors():  # an unwritable workspace, a port in use: one line each
-        ws = workspace_dir(workspace)
-        check_can_listen(host, port)
-    if exposure_warning(host, port):
-        typer.secho(f"warning: {exposure_warning(host, port)}", fg=typer.colors.YELLOW, err=True)
-    typer.echo(ui_banner(host, port))
-    code, stopped_by = serve(ws, tracking_uri, host=host, port=port, workers=workers)
-    if code:
-        _fail(f"the MLflow server exited with code {code} (its output is above)", max(code, 1))
-    typer.echo(f"stopped the MLflow UI ({stopped_by or 'it exited'})")
-
-
+app.command()(ui)  # `anchorlab ui`: cli_ui.py
 app.add_typer(viz_app, name="viz")  # `anchorlab viz ...`: cli_viz.py
 app.add_typer(search_app, name="search")  # `anchorlab search ...`: cli_search.py
 app.command("report")(report)  # `anchorlab report FILE`: cli_report.py
@@ -300,8 +281,7 @@ def study_run(
     counts = ", ".join(f"{n} {k}" for k, n in result.counts.items() if n)
     typer.echo(f"{counts}; tracked in {result.tracking_uri} (experiment '{result.experiment}', parent run "
                f"{result.parent_run_id})")
-    ws_flag = f" --workspace {workspace}" if workspace else ""
-    typer.echo(f"open it in the MLflow UI with: anchorlab ui{ws_flag}")
+    typer.echo(ui_hint(file, profile, workspace, tracking_uri, result.tracking_uri, result.experiment, study.metrics))
     if result.interrupted:
         typer.echo("interrupted: run the same command again to resume")
         raise typer.Exit(130)
@@ -327,7 +307,7 @@ def study_status(
     typer.echo(format_plan(study, profile, entries))
     for trial in running:
         item, worker = trial.user_attrs["item"], trial.user_attrs.get("worker", {})
-        typer.echo(f"  live: {item['label']} [seed {item['seed']}] on {worker.get('host', '?').split('/')[0]} "
+        typer.echo(f"  live: {item['label']} · seed {item['seed']} on {worker.get('host', '?').split('/')[0]} "
                    f"pid {worker.get('pid', '?')}")
 
 

@@ -54,11 +54,11 @@ def search_run(
                 typer.echo(trial_line(data["number"], data["outcome"], metrics, data.get("values"), data["params"],
                                       data.get("step", 0), data.get("reason", ""), data.get("reused", False)))
             elif kind == "rerun-start":
-                typer.echo(f"  rerun {data['candidate']} [seed {data['seed']}] ...")
+                typer.echo(f"  rerun {data['candidate']} · seed {data['seed']} ...")
             elif kind == "rerun-end":
                 value = data.get("value")
-                typer.echo(f"  rerun {data['candidate']} [seed {data['seed']}] {data['status']}"
-                           + (f" {metrics[0]} {100 * value:.1f}" if value is not None else f" {data.get('reason', '')}"))
+                typer.echo(f"  rerun {data['candidate']} · seed {data['seed']} {data['status']}"
+                           + (f" {metrics[0]} {value:.4g}" if value is not None else f" {data.get('reason', '')}"))
             elif kind == "died":
                 typer.secho(f"warning: worker {worker} died (exit code {data['code']}); its trial runs again",
                             fg=typer.colors.YELLOW, err=True)

@@ -12,6 +12,7 @@ import ipaddress
 import socket
 import struct
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 SIOCGIFADDR = 0x8915  # Linux: get an interface's IPv4 address
@@ -20,6 +21,10 @@ IFNAMSIZ = 16
 # and private ranges. Setting MLFLOW_SERVER_ALLOWED_HOSTS replaces that list, so it is kept here.
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 PRIVATE_HOST_PATTERNS = ("10.*", "192.168.*", *(f"172.{i}.*" for i in range(16, 32)), "fc00:*", "fd00:*")
+# MLflow 3.17's UI routes in the URL's fragment (#/experiments/<id>/runs) and reads page state from the query
+# after it. It shows an experiment as GenAI (traces) or model training by a browser-wide switch, saved in the
+# browser and "genai" until the user flips it; `workflowType` in the link sets it for the page opened.
+ML_WORKFLOW = {"workflowType": "machine_learning"}
 
 
 def is_loopback(host: str) -> bool:
@@ -99,6 +104,19 @@ def ui_banner(host: str, port: int) -> str:
     return f"MLflow UI: {', '.join(ui_urls(host, port))}{everywhere}  (Ctrl-C to stop)"
 
 
+def runs_url(base: str, experiment_id: str, profile: str | None = None, view: str | None = None) -> str:
+    """The UI page listing an experiment's runs as model training (`base`: e.g. http://127.0.0.1:5000): in the
+    saved `view` (`ablation.tracking.views`: its own filter, order and columns), else with `profile`, filtered to
+    that profile's runs (tag `profile`: a study's rows and its parent). The UI ignores a view when the link
+    also sets a filter, so `view` wins."""
+    query = dict(ML_WORKFLOW)
+    if view:
+        query["viewStateShareKey"] = view
+    elif profile:
+        query["searchFilter"] = f"tags.profile = '{profile}'"
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{urlencode(query, quote_via=quote)}"
+
+
 def exposure_warning(host: str, port: int) -> str | None:
     """One line for a host other machines may reach (None for loopback): the server asks no one for a login."""
     if is_loopback(host):
@@ -145,5 +163,5 @@ def server_env(host: str, port: int) -> dict[str, str]:
     return {"MLFLOW_SERVER_ALLOWED_HOSTS": ",".join(hosts), "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS": ",".join(urls)}
 
 
-__all__ = ["is_loopback", "machine_addresses", "ui_urls", "ui_banner", "exposure_warning", "check_can_listen",
-           "server_env", "WILDCARD_HOSTS"]
+__all__ = ["is_loopback", "machine_addresses", "ui_urls", "ui_banner", "runs_url", "exposure_warning",
+           "check_can_listen", "server_env", "WILDCARD_HOSTS"]

@@ -232,8 +232,8 @@ def test_a_corrupt_val_image_does_not_fail_the_run(tmp_path, coco_copy):
     assert r.exit_code == 0, r.output
     (run,) = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("anchorlab").experiment_id])
     assert run.info.status == "FINISHED"
-    assert run.data.metrics["data/val_images_unreadable"] == 1 and run.data.metrics["data/val_images"] == 3
-    assert run.data.metrics["data/train_images_unreadable"] == 1 and run.data.metrics["data/train_images"] == 7
+    assert run.data.params["data/val_images_unreadable"] == "1" and run.data.params["data/val_images"] == "3"
+    assert run.data.params["data/train_images_unreadable"] == "1" and run.data.params["data/train_images"] == "7"
 
 
 # ---------------------------------------------------------------- case 6: temporaries of killed generations

@@ -228,8 +228,8 @@ def test_report_reads_reruns_and_is_logged_to_the_parent(tmp_path):
     study.set_user_attr("parent_run_id", parent)
     client = MlflowClient(uri)
     # what `search run` stores on the parent after its reruns (`rerun.RERUN_JSON`), here in another order
-    aps = [("trial 6", 6, {"lr": 0.002, "topk": 7}, 0.38, [0.37, 0.39]), ("default", None, {}, None, [0.30, 0.31]),
-           ("trial 1", 1, {"lr": 0.005, "topk": 5}, 0.42, [0.40, 0.44])]
+    aps = [("trial 6", 6, {"lr": 0.002, "topk": 7}, 38.0, [37.0, 39.0]), ("default", None, {}, None, [30.0, 31.0]),
+           ("trial 1", 1, {"lr": 0.005, "topk": 5}, 42.0, [40.0, 44.0])]  # AP in percent
     stored = RerunResult("AP", True, [Candidate(label, trial, values, sv, dict(enumerate(v)))
                                       for label, trial, values, sv, v in aps])
     writer.log_text(uri, parent, json.dumps(to_dict(stored)), RERUN_JSON.format(profile="smoke"))
@@ -240,9 +240,9 @@ def test_report_reads_reruns_and_is_logged_to_the_parent(tmp_path):
     rerun = report.rerun
     assert [c.label for c in rerun.candidates] == ["trial 1", "trial 6", "default"]
     best = rerun.candidates[0]
-    assert best.values == {"lr": 0.005, "topk": 5} and best.search_value == pytest.approx(0.42)
-    assert best.interval.estimate == pytest.approx(0.42) and best.interval.half is not None
-    assert math.isfinite(rerun.vs_default.estimate) and rerun.vs_default.estimate == pytest.approx(0.115)
+    assert best.values == {"lr": 0.005, "topk": 5} and best.search_value == pytest.approx(42.0)
+    assert best.interval.estimate == pytest.approx(42.0) and best.interval.half is not None
+    assert math.isfinite(rerun.vs_default.estimate) and rerun.vs_default.estimate == pytest.approx(11.5)
     md = report.markdown
     assert "## Reruns (2 seeds per candidate)" in md and "| trial 1 | 0.005 | 5 | 42.00 |" in md
     assert f"MLflow parent run {parent}" in md

@@ -142,8 +142,8 @@ def test_two_workers_run_exactly_the_budget_each_trial_one_child_run(tmp_path, w
 
 
 def test_a_pruned_trial_is_pruned_in_optuna_and_in_mlflow_where_it_stopped(tmp_path, workspace, one_thread):
-    # AP is at most 1: a threshold pruner with lower=2 stops every trial at its first intermediate evaluation
-    search = _search(tmp_path, "s_prune", trials=1, pruner=PrunerSpec("threshold", {"lower": 2.0}))
+    # AP is at most 100 (percent): a threshold pruner with lower=101 stops every trial at its first evaluation
+    search = _search(tmp_path, "s_prune", trials=1, pruner=PrunerSpec("threshold", {"lower": 101.0}))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     result = run_search(search, "smoke", workspace=workspace, tracking_uri=uri, rerun=False)
     (trial,) = _study(workspace, search).trials

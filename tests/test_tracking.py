@@ -182,10 +182,13 @@ def test_hooks_eval_checkpoint_artifact(store, tmp_path):
     hooks.on_iteration(5, {"loss": 0.3})
     metrics_file = tmp_path / "metrics.json"
     metrics_file.write_text("{}")
-    hooks.on_eval(5, {"AP": 0.25, "APl": -1.0}, {"metrics": metrics_file})
+    hooks.on_eval(5, {"AP": 0.25, "APl": -1.0, "ARl": -1.0, "iou_pred_error": 0.125}, {"metrics": metrics_file})
     assert history(client, run_id, "loss") == [(5, 0.3)]  # on_eval flushed first
-    assert history(client, run_id, "val/AP") == [(5, 0.25)]
-    assert history(client, run_id, "val/APl") == [(5, -1.0)]
+    assert history(client, run_id, "val/AP") == [(5, 25.0)]  # AP-type metrics in percent
+    assert history(client, run_id, "val/iou_pred_error") == [(5, 0.125)]  # not an AP: as measured
+    # COCO's "no data" (-1) is not a value: not logged, its names in a tag
+    assert history(client, run_id, "val/APl") == [] and history(client, run_id, "val/ARl") == []
+    assert client.get_run(run_id).data.tags["val_no_data"] == "APl,ARl"
     assert [f.path for f in client.list_artifacts(run_id, "eval")] == ["eval/metrics.json"]
     hooks.on_checkpoint(5, tmp_path / "a.pt")
     hooks.on_checkpoint(9, tmp_path / "b.pt")

@@ -37,9 +37,12 @@ def test_tiny_run_is_tracked(tmp_path, workspace, method):
     loss = client.get_metric_history(out.run_id, "loss")
     assert [m.step for m in loss] == [1, 2, 3] and all(math.isfinite(m.value) for m in loss)
     for key in ("lr", "assign/pos_per_image", "assign/pos_per_gt_mean", "assign/gt_without_pos",
-                "assign/pos_per_image_P3", "loss_aux", "val/AP", "val/ARl", "data/train_annotations_kept"):
+                "assign/pos_per_image_P3", "loss_aux", "val/AP", "val/AR100"):
         assert key in run.data.metrics, key
-    assert 0.0 <= run.data.metrics["val/AP"] <= 1.0
+    assert 0.0 <= run.data.metrics["val/AP"] <= 100.0 and run.data.tags["metric_unit"] == "percent"
+    assert run.data.params["data/train_annotations_kept"].isdigit() and run.data.tags["method"] == method
+    assert not [k for k in run.data.metrics if k.startswith("data/")]  # the dataset's counts are params
+    assert all(v != -1.0 for v in run.data.metrics.values())  # COCO's "no data" is not a value
     per_step = [m.value for m in client.get_metric_history(out.run_id, "assign/gt_without_pos")]
     mean = client.get_metric_history(out.run_id, "assign/gt_without_pos_mean")
     assert [m.step for m in mean] == [3] and mean[0].value == pytest.approx(sum(per_step) / len(per_step))

@@ -61,17 +61,17 @@ def _request(port: int, path: str, host_header: str | None = None, origin: str |
         return exc.code
 
 
-def _wait_until_serving(proc: subprocess.Popen, port: int, err: Path) -> None:
+def _wait_for_banner(proc: subprocess.Popen, port: int, out: Path, err: Path) -> list[str]:
+    """stdout's lines once the CLI has printed where the UI is; the server must answer at that moment already."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"anchorlab ui exited with {proc.returncode}: {err.read_text()[-2000:]}"
-        try:
-            if _request(port, "/health") == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(1.0)
-    pytest.fail(f"port {port} did not answer within {START_TIMEOUT_S:.0f} s")
+        lines = out.read_text().splitlines()
+        if any(line.startswith("MLflow UI:") for line in lines):
+            assert _request(port, "/health") == 200, "the URL was printed before the server answered"
+            return lines
+        time.sleep(0.2)
+    pytest.fail(f"anchorlab ui printed no URL within {START_TIMEOUT_S:.0f} s")
 
 
 def _processes() -> dict[int, tuple[int, int, str]]:
@@ -143,13 +143,24 @@ def _stop_and_check(proc: subprocess.Popen, signum: int, port: int, err: Path) -
 
 
 def test_sigterm_stops_the_whole_server_tree(tmp_path):
+    """Also: the URL and the experiment's link come once the server answers, and MLflow's own start-up lines go
+    to the log file, not to the terminal."""
+    from ablation.tracking.store import ensure_experiment
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    exp_id = ensure_experiment("demo", f"sqlite:///{ws}/mlflow.db", ws)
     port = _free_port()
-    proc, out, err = _start_ui(tmp_path, "--port", str(port), "--workers", "2")
+    proc, out, err = _start_ui(tmp_path, "--port", str(port), "--workers", "2", "--experiment", "demo")
     tree: dict[int, int] = {}
     try:
-        _wait_until_serving(proc, port, err)
-        assert out.read_text().splitlines()[0] == f"MLflow UI: http://127.0.0.1:{port}  (Ctrl-C to stop)"
-        assert "warning" not in err.read_text()
+        lines = _wait_for_banner(proc, port, out, err)
+        assert lines[0] == f"MLflow UI: http://127.0.0.1:{port}  (Ctrl-C to stop)"
+        assert lines[1] == (f"runs of demo: http://127.0.0.1:{port}/#/experiments/{exp_id}/runs"
+                            "?workflowType=machine_learning")
+        log = ws / f"mlflow-ui-{port}.log"
+        assert err.read_text().splitlines() == [f"starting the MLflow server (its output: {log}) ..."]
+        assert "INFO" in log.read_text() and "INFO" not in out.read_text()
         tree = _tree(proc.pid)
         _stop_and_check(proc, signal.SIGTERM, port, err)
     finally:
@@ -159,13 +170,15 @@ def test_sigterm_stops_the_whole_server_tree(tmp_path):
 def test_any_other_host_warns_shows_real_addresses_and_sigint_stops_the_tree(tmp_path):
     port = _free_port()
     hostname = socket.gethostname()
-    proc, out, err = _start_ui(tmp_path, "--host", "0.0.0.0", "--port", str(port), "--workers", "1")
+    proc, out, err = _start_ui(tmp_path, "--host", "0.0.0.0", "--port", str(port), "--workers", "1", "--verbose")
     tree: dict[int, int] = {}
     try:
-        _wait_until_serving(proc, port, err)
+        lines = _wait_for_banner(proc, port, out, err)
         warnings = [line for line in err.read_text().splitlines() if line.startswith("warning:")]
         assert len(warnings) == 1 and "no authentication" in warnings[0], err.read_text()[-2000:]
-        shown = out.read_text().splitlines()[0]
+        assert "INFO" in err.read_text()  # --verbose: MLflow's own start-up lines reach the terminal
+        assert not (tmp_path / "ws" / f"mlflow-ui-{port}.log").exists()
+        shown = next(line for line in lines if line.startswith("MLflow UI:"))
         assert shown.startswith(f"MLflow UI: http://{hostname}:{port}"), shown
         assert not shown.startswith(f"MLflow UI: http://127.0.0.1"), shown
         # the address shown is served: MLflow's Host-header check would refuse the machine's name by default
@@ -239,3 +252,17 @@ def test_a_port_in_use_is_one_error_line_and_starts_nothing(tmp_path):
     assert err.read_text().splitlines() == [f"error: cannot listen on 127.0.0.1:{port} (Address already in use); "
                                             "choose another --port or --host"]
     assert out.read_text() == ""
+
+
+def test_a_server_that_dies_at_start_is_one_error_line_with_its_reason(tmp_path):
+    """MLflow's traceback stays in the log file; the CLI quotes its last line and exits non-zero, printing no URL."""
+    proc, out, err = _start_ui(tmp_path, "--port", str(_free_port()), "--tracking-uri", "bogus://nowhere")
+    try:
+        code = proc.wait(timeout=START_TIMEOUT_S)
+    finally:
+        _kill_all(proc, {})
+    lines = err.read_text().splitlines()
+    assert code == 1 and out.read_text() == "", (code, lines)
+    assert lines[0].startswith("starting the MLflow server (its output: ") and len(lines) == 2, lines
+    assert lines[1].startswith("error: the MLflow server exited with code 1 before it answered: ") and \
+        "bogus://nowhere" in lines[1] and "Traceback" not in err.read_text()

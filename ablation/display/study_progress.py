@@ -66,7 +66,7 @@ class ProgressDisplay:
             self.workers.pop(index, None)
             status = data["status"]
             self.state[key] = {"FINISHED": "finished", "FAILED": "failed", "PRUNED": "failed"}.get(status, "pending")
-            detail = f"AP {100 * data['ap']:.1f}" if data.get("ap") is not None else data.get("reason", "")
+            detail = f"AP {data['ap']:.1f}" if data.get("ap") is not None else data.get("reason", "")
             self._say(f"  {status.lower():<12}{self._name(key)}  {detail}".rstrip())
         elif kind == "held":
             self._say(f"  {'waiting':<12}{self._name(key)}  (another process trains this run key; its result is reused)")

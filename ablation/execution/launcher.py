@@ -13,7 +13,8 @@ study (or in `anchorlab train`) is reused by linking, not trained again (`run.ex
     (failed ones only with `retry_failed`) and that no live trial holds.
  3. start N workers (`worker.py`; one per GPU with CUDA_VISIBLE_DEVICES pinned; on CPU, torch threads
     are split `cores // N` per worker without touching the config); show progress; when they exit,
-    build the table from MLflow and log it to the parent run.
+    build the table from MLflow and log it to the parent run, with its summary (each row's AP, the best
+    row, what the table covers: `tables.summary`, written by `tracking.summary`).
 
 The table (`_table`, also behind `study_table`) is built from plain data read here: the runs as a
 DataFrame and, when the study names a `baseline`, each finished run's detections matched per image
@@ -36,8 +37,11 @@ from ablation.study.expand import StudyRun, expand, spec_hash
 from ablation.study.load import Study
 from ablation.tables.build import Table, build_table
 from ablation.tables.render import EXTENSIONS, FORMATS, render
+from ablation.tables.summary import summarize
 from ablation.tracking import reader, writer
 from ablation.tracking.store import ensure_store, resolve_tracking_uri, workspace_dir
+from ablation.tracking.summary import log_study_summary
+from ablation.tracking.views import ensure_rows_view
 from detector.config import config_to_dict
 from detector.data.build import dataset_paths
 from detector.evaluation.bootstrap import ImageMatches, load_gt, match_detections
@@ -89,7 +93,7 @@ def _queue_location(settings: RunnerSettings, ws: Path, study: Study, profile: s
 
 
 def _ap(rec: reader.RunRecord) -> str:
-    return f"AP {100 * rec.metrics.get('val/AP', float('nan')):.1f}"
+    return f"AP {rec.metrics.get('val/AP', float('nan')):.1f}"  # percent (`reader`)
 
 
 # ---------------------------------------------------------------- plan (dry run, status)
@@ -277,6 +281,7 @@ def run_study(study: Study, profile: str | None = None, settings: RunnerSettings
     table = _table(study, profile, uri, ws)
     for fmt in FORMATS:
         writer.log_text(uri, parent, render(table, fmt, reference=True), f"tables/{profile}.{EXTENSIONS[fmt]}")
+    _log_summary(study, profile, table, uri, parent)
     entries, _ = plan(study, profile, ws, uri, settings)
     counts = count_states(entries)
     done = counts["finished"] + counts["failed"] == len(entries)
@@ -290,11 +295,23 @@ def study_table(study: Study, profile: str | None = None, fmt: str = "md", refer
     profile = profile or study.default_profile()
     expand(study, profile)  # an unknown profile is an error before anything is read
     ws, uri = _targets(workspace, tracking_uri)
-    text = render(_table(study, profile, uri, ws), fmt, reference)
+    table = _table(study, profile, uri, ws)
+    text = render(table, fmt, reference)
     parent = reader.find_parent(uri, study.name, profile)
     if parent:
         writer.log_text(uri, parent, text, f"tables/{profile}.{EXTENSIONS[fmt]}")
+        _log_summary(study, profile, table, uri, parent)
     return text
+
+
+def _log_summary(study: Study, profile: str, table: Table, uri: str, parent: str) -> None:
+    """The table's summary on the parent run: its metrics, params, tags and description (`tables.summary`); and
+    the experiment's saved view of the profile's rows (`tracking.views`)."""
+    found = summarize(table, study, profile, render(table, "md"))
+    log_study_summary(uri, parent, found.values, found.params, found.tags, found.markdown, study.description)
+    experiment = reader.experiment_id(uri, study.name)
+    if experiment is not None:
+        ensure_rows_view(uri, experiment, profile, study.metrics)
 
 
 def _table(study: Study, profile: str, uri: str, ws: Path) -> Table:

@@ -26,6 +26,7 @@ from pathlib import Path
 from ablation.execution.key_lock import key_lock
 from ablation.tracking.reader import finished_run, resumable_run
 from ablation.tracking.store import ensure_experiment, resolve_tracking_uri, workspace_dir
+from ablation.tracking.units import eval_in_percent
 from ablation.tracking.writer import link_run, one_line, tracked_run
 from detector.config import Config
 from detector.engine.checkpoint import CheckpointError
@@ -61,7 +62,7 @@ class Outcome:
     status: str  # FINISHED | FAILED | PRUNED
     run_id: str | None
     reason: str = ""
-    metrics: dict[str, float] = field(default_factory=dict)  # val metrics, without the "val/" prefix
+    metrics: dict[str, float] = field(default_factory=dict)  # val metrics, without "val/"; AP-type ones in percent
     step: int = 0  # iterations trained (for PRUNED: where it stopped)
     reused_from: str | None = None  # the run that trained it, when this one reuses it
     result: TrainResult | None = None  # the training's own result (None when reused)
@@ -110,7 +111,8 @@ def execute(spec: RunSpec, workspace: str | Path | None = None, tracking_uri: st
             if not opened:
                 raise
             return Outcome("FAILED", opened[0], one_line(exc), error=exc)
-    return Outcome(result.status, opened[0], result.reason, result.metrics, result.iterations, result=result)
+    metrics = eval_in_percent(result.metrics)[0]  # as MLflow holds them, and as a reused run reads
+    return Outcome(result.status, opened[0], result.reason, metrics, result.iterations, result=result)
 
 
 __all__ = ["RunSpec", "Outcome", "execute", "SAME_COMMAND_RESTARTS"]

@@ -25,6 +25,7 @@ from ablation.search.resolve import nested, trial_config
 from ablation.search.space import decode
 from ablation.search.spec import Search
 from ablation.tables.stats import Interval, mean_interval, paired_interval
+from ablation.tracking.units import PERCENT, is_percent_name
 from detector.run_key import run_key
 
 DEFAULT = "default"
@@ -96,7 +97,7 @@ def rerun_top(search: Search, profile: str, study, parent_run_id: str, workspace
             cfg.train.seed = seed
             tags = {"role": "rerun", "search": search.name, "profile": profile, "candidate": cand.label,
                     "seed": str(seed), **({"trial": str(cand.trial)} if cand.trial is not None else {})}
-            spec = RunSpec(cfg, f"{cand.label} [seed {seed}]", search.name, parent_run_id, tags, reuse=True,
+            spec = RunSpec(cfg, f"{cand.label} · seed {seed}", search.name, parent_run_id, tags, reuse=True,
                            resume=True, restart_hint="the same command trains it again")
             if display is not None:
                 display("rerun-start", {"candidate": cand.label, "seed": seed})
@@ -129,16 +130,21 @@ def rank(candidates: list[Candidate], metric: str, maximize: bool) -> RerunResul
 
 
 def to_dict(result: RerunResult) -> dict:
-    """Plain data for JSON (`search/<profile>-rerun.json` on the search's parent run): what `from_dict` reads."""
-    return {"metric": result.metric, "maximize": result.maximize,
+    """Plain data for JSON (`search/<profile>-rerun.json` on the search's parent run): what `from_dict` reads.
+    "unit": AP-type objectives are in percent (JSON written before holds fractions and has no "unit")."""
+    return {"metric": result.metric, "maximize": result.maximize, "unit": PERCENT,
             "candidates": [{"label": c.label, "trial": c.trial, "values": c.values, "search_value": c.search_value,
                             "by_seed": {str(k): v for k, v in c.by_seed.items()},
                             "failed": {str(k): v for k, v in c.failed.items()}} for c in result.candidates]}
 
 
 def from_dict(data: dict) -> RerunResult:
-    cands = [Candidate(c["label"], c["trial"], dict(c["values"]), c["search_value"],
-                       {int(k): float(v) for k, v in c["by_seed"].items()}, {int(k): v for k, v in c["failed"].items()})
+    """The result `to_dict` stored; an AP-type objective stored before units (fractions) comes back in percent."""
+    scale = 100.0 if data.get("unit") != PERCENT and is_percent_name(data["metric"]) else 1.0
+    cands = [Candidate(c["label"], c["trial"], dict(c["values"]),
+                       None if c["search_value"] is None else scale * c["search_value"],
+                       {int(k): scale * float(v) for k, v in c["by_seed"].items()},
+                       {int(k): v for k, v in c["failed"].items()})
              for c in data["candidates"]]
     return rank(cands, data["metric"], bool(data["maximize"]))
 
@@ -180,9 +186,10 @@ def _fmt(iv: Interval | None) -> str:
     return f"{iv.estimate:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]{tag}"
 
 
-def format_rerun(search: Search, result: RerunResult, scale: float = 100.0) -> str:
-    """A markdown table of the candidates (mean ± 95% half-width over seeds, per-seed values) and the verdict."""
-    unit = "" if scale == 1.0 else f" (x{scale:g})"
+def format_rerun(search: Search, result: RerunResult, scale: float = 1.0) -> str:
+    """A markdown table of the candidates (mean ± 95% half-width over seeds, per-seed values) and the verdict.
+    Values as the objective holds them (AP-type ones in percent), times `scale`."""
+    unit = " (%)" if is_percent_name(result.metric) and scale == 1.0 else ("" if scale == 1.0 else f" (x{scale:g})")
     keys = [p.name for p in search.space]
     lines = [f"| candidate | {' | '.join(keys)} | search {result.metric} | {result.metric}{unit} over seeds |",
              "|:--|" + "--:|" * (len(keys) + 2)]

@@ -151,7 +151,8 @@ def run_search(search: Search, profile: str | None = None, trials: int | None = 
     location = storage or st.default_location(ws, search.name, profile)
     name = f"{search.name}:{profile}"
     study, created = st.open_study(st.open_search_storage(location, heartbeat_s), name,
-                                   [o.direction for o in search.objectives])
+                                   [o.direction for o in search.objectives],
+                                   metrics=[o.metric for o in search.objectives])
     parent = _parent(study, created, search, profile, uri, ws, location)
     st.reap(study, st.GRACE_BEATS * heartbeat_s)
     existing = len(study.get_trials(deepcopy=False))

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ablation.execution.queue import QueueError, open_storage, rdb_storage
 from ablation.processes import HOST, pid_alive
+from ablation.tracking.units import PERCENT, is_percent_name
 
 WORKER = "anchorlab_worker"  # trial system attribute: {host, pid, beat}
 OUTCOME = "outcome"  # trial user attribute: FINISHED | PRUNED | FAILED | stale | interrupted | over budget
@@ -38,6 +39,7 @@ MAX_RETRY = 3  # a trial whose worker keeps dying (out of memory) is not enqueue
 DEFAULT_HEARTBEAT_S = 10.0
 RETRIED = ("stale", "interrupted")  # FAIL outcomes whose trial was enqueued again
 DROPPED = "over budget"
+UNIT_ATTR = "metric_unit"  # study user attribute: "percent" (AP-type objectives); absent on searches stored before
 
 
 def default_location(workspace: Path, search: str, profile: str) -> str:
@@ -86,8 +88,15 @@ def open_search_storage(location: str, heartbeat_s: float = DEFAULT_HEARTBEAT_S)
                        grace_period=max(2, round(GRACE_BEATS * heartbeat_s)), **{callback: Retry()})
 
 
-def open_study(storage, name: str, directions: list[str], sampler=None, pruner=None):
-    """(the Optuna study `name`, whether this call created it): creation is atomic, so one process is its creator."""
+def open_study(storage, name: str, directions: list[str], sampler=None, pruner=None,
+               metrics: list[str] | None = None):
+    """(the Optuna study `name`, whether this call created it): creation is atomic, so one process is its creator.
+
+    The study's values are in the unit its user attr `metric_unit` names: "percent" for AP-type objectives
+    (`ablation.tracking.units`). A study stored before holds fractions; one that holds values already and whose
+    objectives (`metrics`; None: assume AP) include an AP-type one is refused in one line rather than fed values
+    100x larger, which its sampler and pruner would compare with the old ones.
+    """
     import optuna
 
     try:
@@ -99,7 +108,19 @@ def open_study(storage, name: str, directions: list[str], sampler=None, pruner=N
     if [d.name.lower() for d in study.directions] != list(directions):
         raise QueueError(f"the stored search '{name}' has directions {[d.name.lower() for d in study.directions]}, "
                          f"the file {directions}; use another --storage or remove the stored one")
+    _check_unit(study, name, metrics)
     return study, created
+
+
+def _check_unit(study, name: str, metrics: list[str] | None) -> None:
+    if study.user_attrs.get(UNIT_ATTR) == PERCENT:
+        return
+    in_percent = metrics is None or any(is_percent_name(m) for m in metrics)
+    if in_percent and any(t.values or t.intermediate_values for t in study.get_trials(deepcopy=False)):
+        raise QueueError(f"the stored search '{name}' holds its objective as fractions (stored before anchorlab "
+                         "logged AP in percent); finish it with the anchorlab version that started it, or start "
+                         "over with another --storage")
+    study.set_user_attr(UNIT_ATTR, PERCENT)
 
 
 def alive(trial, grace_s: float) -> bool:

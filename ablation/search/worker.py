@@ -24,6 +24,7 @@ from ablation.search.resolve import trial_config
 from ablation.search.space import build_pruner, build_sampler, suggest
 from ablation.search.spec import Search
 from ablation.tracking import reader, writer
+from ablation.tracking.units import eval_in_percent
 from detector.engine.hooks import TrainHooks
 
 
@@ -46,13 +47,14 @@ class WorkerArgs:
 
 
 class PruneHooks(TrainHooks):
-    """Report the objective at each evaluation to the trial; stop the run when the pruner says so."""
+    """Report the objective at each evaluation to the trial; stop the run when the pruner says so.
+    AP-type values in percent, as the trial's final value (`execute`'s outcome) and MLflow hold them."""
 
     def __init__(self, trial, metric: str):
         self.trial, self.metric, self.reported = trial, metric, -1
 
     def on_eval(self, iteration, metrics, files):
-        value = metrics.get(self.metric)
+        value = eval_in_percent(metrics)[0].get(self.metric)
         if value is not None and math.isfinite(value):
             self.trial.report(float(value), int(iteration))
             self.reported = int(iteration)
@@ -157,7 +159,7 @@ def work(args: WorkerArgs, emit) -> None:
     study, _ = st.open_study(st.open_search_storage(args.location, args.heartbeat_s), args.study_name,
                              [o.direction for o in search.objectives], build_sampler(search.sampler, search.space,
                                                                                      args.seed),
-                             build_pruner(search.pruner))
+                             build_pruner(search.pruner), metrics=[o.metric for o in search.objectives])
     grace = st.GRACE_BEATS * args.heartbeat_s
     while True:
         st.reap(study, grace)

@@ -35,13 +35,15 @@ class StudyRun:
 
     @property
     def run_name(self) -> str:
-        return f"{self.label} [seed {self.seed}]"
+        """What MLflow's runs table shows first: "ATSS · seed 1" (the row label, then the seed)."""
+        return f"{self.label} · seed {self.seed}"
 
     @property
     def tags(self) -> dict[str, str]:
-        """The MLflow tags of its run (role=row marks the runs a study table reads)."""
+        """The MLflow tags of its run (role=row marks the runs a study table reads; `row`, `method` and `seed`
+        are the columns to compare rows by in the UI; every tracked run also gets `method`, `writer._new_run`)."""
         return {"role": "row", "study": self.study, "profile": self.profile, "row": self.label,
-                "row_index": str(self.row), "seed": str(self.seed)}
+                "row_index": str(self.row), "seed": str(self.seed), "method": self.config.assign.name}
 
 
 def _build(ctx: Ctx, data: dict, sources: list[tuple[str, dict[str, int]]], fallback: tuple[int, str]) -> Config:

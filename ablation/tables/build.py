@@ -3,7 +3,8 @@ the paper's order with its labels.
 
 Each row of the study is represented by the run of each of its run keys that `reader.by_key` picks
 (FINISHED over the newest other): the mean over the finished seeds with its 95% confidence half-width
-(Student t over seeds, `stats.py`; one seed has none), metrics in percent as papers print them,
+(Student t over seeds, `stats.py`; one seed has none), metrics in percent as papers print them (and as
+`RunRecord.metrics` holds them, for runs logged in fractions too),
 "failed" when no seed finished and one failed, "pending" when none ran, and the paper's value beside
 each metric. A column's best value is marked only when it is significantly above the runner-up's
 (paired t over the seeds both finished, at least 2); `Table.notes` says where it is not, and why.
@@ -145,8 +146,8 @@ def _row(study: Study, label: str, recs: list[tuple[int, RunRecord | None]]) -> 
     minutes = [m for m in (_minutes(r) for _, r in done) if m is not None]
     out.minutes = statistics.fmean(minutes) if minutes else None
     for metric in dict.fromkeys([*study.metrics, DIFF_METRIC]):
-        by_seed = {seed: 100.0 * r.metrics[f"val/{metric}"] for seed, r in done
-                   if f"val/{metric}" in r.metrics and r.metrics[f"val/{metric}"] >= 0}
+        # percent, and without COCO's "no data", whatever unit the run logged (`reader.records_of`)
+        by_seed = {seed: r.metrics[f"val/{metric}"] for seed, r in done if f"val/{metric}" in r.metrics}
         cell = Cell(paper=ref.get(metric), by_seed=by_seed)
         if by_seed:
             interval = mean_interval(list(by_seed.values()))

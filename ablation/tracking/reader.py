@@ -4,6 +4,11 @@ run's detections (its final evaluation's COCO results).
 `runs_frame` is the one query; the rest are views of it (pure functions over the frame, usable by
 tables and reports without MLflow) or small lookups built on it. Read-only: a missing SQLite store
 reads as empty and is not created.
+
+Units: the frame holds what is stored; every view that hands out metric values (`records_of`, hence
+`RunRecord.metrics`, `by_key`, `study_runs`, `finished_run`; and `run_metrics`) passes them through
+`units.in_percent`, so AP-type values are percent whether a run logged them so (tag `metric_unit=percent`)
+or, before that tag existed, as fractions with -1 for "no data" (scaled x100, the -1 left out).
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from ablation.tracking.store import store_exists
+from ablation.tracking.units import in_percent
 from ablation.tracking.writer import KEY_TAG, OUTCOME_TAG, REUSED_TAG
 
 BASE_COLUMNS = ["run_id", "experiment_id", "run_name", "status", "start_time", "end_time"]
@@ -101,14 +107,16 @@ def runs_frame(tracking_uri: str, experiment: str | None = None, filter_string: 
 
 
 def records_of(frame: pd.DataFrame) -> list[RunRecord]:
-    """The frame's rows as `RunRecord`s (NaN metrics and missing tags left out)."""
+    """The frame's rows as `RunRecord`s (NaN metrics and missing tags left out; AP-type metrics in percent,
+    see the module doc)."""
     out = []
     for row in frame.to_dict("records"):
         metrics = {k[8:]: float(v) for k, v in row.items()
                    if k.startswith("metrics.") and v is not None and not (isinstance(v, float) and math.isnan(v))}
         tags = {k[5:]: str(v) for k, v in row.items() if k.startswith("tags.") and isinstance(v, str)}
         end = row.get("end_time")
-        out.append(RunRecord(row["run_id"], row["status"], metrics, tags, int(row.get("start_time") or 0),
+        out.append(RunRecord(row["run_id"], row["status"], in_percent(metrics, tags), tags,
+                             int(row.get("start_time") or 0),
                              None if end is None or (isinstance(end, float) and math.isnan(end)) else int(end)))
     return out
 
@@ -177,13 +185,22 @@ def run_tags(tracking_uri: str, run_id: str) -> dict[str, str]:
 
 
 def run_metrics(tracking_uri: str, run_id: str) -> dict[str, float]:
-    """The last value of each metric of `run_id` ({} when the store does not hold it)."""
+    """The last value of each metric of `run_id`, AP-type ones in percent ({} when the store does not hold it)."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return dict(_client(tracking_uri).get_run(run_id).data.metrics)
+        run = _client(tracking_uri).get_run(run_id)
     except MlflowException:
         return {}
+    return in_percent(dict(run.data.metrics), dict(run.data.tags))
+
+
+def experiment_id(tracking_uri: str, name: str) -> str | None:
+    """The id of the active experiment `name` (None when the store holds none; a missing store is not created)."""
+    if not store_exists(tracking_uri):
+        return None
+    ids = _experiment_ids(_client(tracking_uri), name)
+    return ids[0] if ids else None
 
 
 def _record_files(tracking_uri: str, run_id: str, kind: str) -> dict[int, str]:
@@ -280,7 +297,7 @@ def _no_progress_bar():
             os.environ[name] = old
 
 
-__all__ = ["RunNotFound", "RunRecord", "run_metrics", "json_artifact", "read_json_artifacts", "runs_frame", "records_of", "by_key", "study_runs", "finished_run",
+__all__ = ["RunNotFound", "RunRecord", "run_metrics", "experiment_id", "in_percent", "json_artifact", "read_json_artifacts", "runs_frame", "records_of", "by_key", "study_runs", "finished_run",
            "resumable_run", "find_parent", "run_active", "run_tags", "run_records", "record_iterations",
            "metric_history", "run_detections",
            "DETECTIONS_ARTIFACT"]

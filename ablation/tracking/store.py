@@ -21,6 +21,11 @@ TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 # client writes artifacts itself, so the experiment gets an explicit location under the workspace.
 SERVER_SCHEMES = ("http", "https", "databricks", "databricks-uc", "uc")
 GIT_TIMEOUT_S = 5.0
+# MLflow 3's UI opens an experiment by its kind: without this tag (or by its own guess) on a GenAI traces
+# overview; "custom_model_development" ("Machine learning" in the UI) opens it on its runs. MLflow 3.17's UI
+# takes the kind from a browser-wide workflow switch instead (`dashboards/ui_address.runs_url` sets it).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def workspace_dir(path: str | Path | None = None) -> Path:
@@ -103,6 +108,8 @@ def ensure_store(uri: str) -> None:
 def ensure_experiment(name: str, tracking_uri: str, workspace: Path) -> str:
     """The id of experiment `name`, created if missing; tolerates a concurrent creator.
 
+    The experiment carries the tag `mlflow.experimentKind = custom_model_development` (set on one created
+    before anchorlab set it, unless someone chose another kind), so the UI shows it as model training.
     With a store the client writes artifacts for (SQLite, file, a database URI), a new experiment
     gets `<workspace>/artifacts/<name>` as its artifact location; MLflow's default would be a
     folder relative to the current directory. A deleted experiment is an error, not resurrected.
@@ -118,7 +125,8 @@ def ensure_experiment(name: str, tracking_uri: str, workspace: Path) -> str:
         if _client_writes_artifacts(tracking_uri):
             location = f"{artifact_root(workspace)}/{_safe_folder_name(name)}"
         try:
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(name, artifact_location=location,
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException:
             exp = client.get_experiment_by_name(name)  # another process created it first
             if exp is None:
@@ -126,6 +134,8 @@ def ensure_experiment(name: str, tracking_uri: str, workspace: Path) -> str:
     if exp.lifecycle_stage == "deleted":
         raise RuntimeError(f"experiment '{name}' is deleted in {tracking_uri}; restore it "
                            f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or pick another name")
+    if EXPERIMENT_KIND_TAG not in exp.tags:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return exp.experiment_id
 
 
@@ -154,4 +164,4 @@ def git_info(repo_dir: Path | None = None) -> dict[str, str]:
 
 
 __all__ = ["workspace_dir", "resolve_tracking_uri", "artifact_root", "store_exists", "ensure_store",
-           "ensure_experiment", "git_info"]
+           "ensure_experiment", "git_info", "EXPERIMENT_KIND_TAG", "EXPERIMENT_KIND"]

@@ -1,8 +1,9 @@
 """Everything anchorlab writes to MLflow: runs and their records, links to reused runs, study parents.
 
 Everything `detector/` measures reaches MLflow through `MlflowHooks` (a `TrainHooks`); everything a
-run is (resolved config, git state, run key) is written by `tracked_run` when the run is created.
+run is (resolved config, git state, run key, method) is written by `tracked_run` when the run is created.
 Records for figures are stored as JSON artifacts only; `dashboards/` draws them after training.
+AP-type metrics are logged in percent and runs say so (`units.py`); the dataset's counts are params.
 Reading is `ablation/tracking/reader.py`'s job.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ablation.tracking.store import ensure_experiment, git_info
+from ablation.tracking.units import PERCENT, UNIT_TAG, eval_in_percent, in_percent, is_percent_metric
 from detector.config import Config, config_to_dict, dump_yaml, flatten
 from detector.engine.hooks import TrainHooks
 from detector.run_key import run_key
@@ -26,6 +28,9 @@ KEY_TAG = "run_key"
 OUTCOME_TAG = "outcome"  # FINISHED | FAILED | PRUNED | KILLED: what ended the run (MLflow has no PRUNED)
 REUSED_TAG = "reused_from"  # on a run that links to the finished run of the same key it reuses
 RESUMED_TAG = "resumed_at"  # the iterations a re-opened run resumed from, in order: "4,8" (absent: never resumed)
+NO_DATA_TAG = "val_no_data"  # the AP-type val metrics an evaluation had no data for (COCO's -1), e.g. "APl,ARl"
+METHOD_TAG = "method"  # assign.name: what a user compares first
+DATA_PREFIX = "data/"  # the dataset's counts, params since they cannot change during a run
 MLFLOW_STATUS = {"FINISHED": "FINISHED", "FAILED": "FAILED", "PRUNED": "KILLED", "KILLED": "KILLED"}
 
 
@@ -58,9 +63,15 @@ class MlflowHooks(TrainHooks):
     and sends no point at a step its metric already reached: a killed attempt may have sent steps past
     its last checkpoint, which the resumed training runs again, so each step stays in a curve exactly once
     (kept from the attempt that sent it first).
+
+    Evaluations are logged with their AP-type metrics in percent (`percent`, the default: the run is tagged
+    `metric_unit=percent` when created) and without COCO's "no data" -1, whose names go to the tag
+    `val_no_data`; a run re-opened from before units were tagged keeps its fractions (`percent=False`), so
+    one run never mixes the two. The dataset's counts (`on_data`) are params.
     """
 
-    def __init__(self, client, run_id: str, flush_every: int = 50, flush_seconds: float = 10.0, earlier=None):
+    def __init__(self, client, run_id: str, flush_every: int = 50, flush_seconds: float = 10.0, earlier=None,
+                 percent: bool = True):
         from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_TAG_VAL_LENGTH
 
         self.client = client
@@ -69,6 +80,7 @@ class MlflowHooks(TrainHooks):
         self.flush_seconds = flush_seconds
         self.nonfinite = 0
         self.status: str | None = None  # set by on_end
+        self.percent = percent
         self._batch_size = MAX_METRICS_PER_BATCH
         self._max_tag = MAX_TAG_VAL_LENGTH
         self._buffer: list = []
@@ -78,6 +90,7 @@ class MlflowHooks(TrainHooks):
         self._earlier_tags = earlier.data.tags if earlier is not None else None
         # metric key -> the last step the run already holds (MLflow's latest metric is the one of the max step)
         self._held = {m.key: m.step for m in earlier.data.to_proto().metrics} if earlier is not None else {}
+        self._params_held = dict(earlier.data.params) if earlier is not None else {}
 
     def _metrics(self, scalars: dict[str, float], step: int, prefix: str = "") -> list:
         from mlflow.entities import Metric
@@ -128,9 +141,19 @@ class MlflowHooks(TrainHooks):
                 or time.monotonic() - self._last_flush >= self.flush_seconds):
             self.flush()
 
+    def on_data(self, counts: dict[str, float]) -> None:
+        """The dataset's counts ("data/train_images": 7) as params; ones the run already holds are not sent again."""
+        fresh = {k: str(int(v) if float(v).is_integer() else v) for k, v in counts.items()}
+        _log_params(self.client, self.run_id, {k: v for k, v in fresh.items() if k not in self._params_held})
+        self._params_held.update(fresh)
+
     def on_eval(self, iteration: int, metrics: dict[str, float], files: dict[str, Path]) -> None:
         self.flush()
         self._last_step = max(self._last_step, int(iteration))
+        if self.percent:
+            metrics, no_data = eval_in_percent(metrics)
+            if no_data:
+                self.client.set_tag(self.run_id, NO_DATA_TAG, ",".join(no_data))
         self._send(self._metrics(metrics, iteration, prefix="val/"))
         for path in files.values():
             self.log_artifact(Path(path), "eval")
@@ -197,7 +220,7 @@ def _new_run(client, config: Config, tracking_uri: str, experiment: str, workspa
     """Create a run with the identity tags (git state, run key, parent) and the config as params + YAML."""
     exp_id = ensure_experiment(experiment, tracking_uri, workspace)
     git = git_info()
-    run_tags = {**git, KEY_TAG: run_key(config)}
+    run_tags = {**git, KEY_TAG: run_key(config), METHOD_TAG: config.assign.name, UNIT_TAG: PERCENT}
     if git["git_sha"] != "unknown":
         run_tags["mlflow.source.git.commit"] = git["git_sha"]
     if parent_run_id:
@@ -223,13 +246,14 @@ def tracked_run(
     """Open an MLflow run for `config` and yield its `MlflowHooks`.
 
     A new run gets: params = the flattened resolved config; artifact `config.yaml`; tags git_sha,
-    git_dirty, run_key, mlflow.runName (default: `config.name`), mlflow.parentRunId, `tags`.
-    With `run_id` the run is re-opened (status RUNNING) for a resume; its run key must match (the
-    hooks then record the resume and skip the steps it already holds, `MlflowHooks`).
+    git_dirty, run_key, method (`assign.name`), metric_unit=percent, mlflow.runName (default: `config.name`),
+    mlflow.parentRunId, `tags`. With `run_id` the run is re-opened (status RUNNING) for a resume; its run key
+    must match (the hooks then record the resume and skip the steps it already holds, `MlflowHooks`; a run
+    from before units were tagged that already logged fractions keeps logging fractions).
     The run is ended FINISHED if the body returns without calling `on_end`, FAILED (reason: the
     exception's first line) if it raises, KILLED on KeyboardInterrupt; the exception propagates.
     """
-    client, earlier = _client(tracking_uri), None
+    client, earlier, percent = _client(tracking_uri), None, True
     if run_id is None:
         run_id = _new_run(client, config, tracking_uri, experiment, workspace, run_name, tags, parent_run_id)
     else:
@@ -239,8 +263,11 @@ def tracked_run(
             raise ValueError(f"run {run_id} has run key {old_tags[KEY_TAG]}; this config's key is {key}")
         if OUTCOME_TAG in old_tags:  # a KILLED run resumed: its outcome is open again
             client.delete_tag(run_id, OUTCOME_TAG)
+        percent = old_tags.get(UNIT_TAG) == PERCENT or not any(map(is_percent_metric, earlier.data.metrics))
+        if percent and UNIT_TAG not in old_tags:
+            client.set_tag(run_id, UNIT_TAG, PERCENT)
         client.update_run(run_id, status="RUNNING")
-    hooks = MlflowHooks(client, run_id, earlier=earlier)
+    hooks = MlflowHooks(client, run_id, earlier=earlier, percent=percent)
     try:
         yield hooks
     except BaseException as exc:
@@ -268,21 +295,27 @@ def link_run(source_run_id: str, config: Config, tracking_uri: str, experiment: 
              parent_run_id: str | None = None) -> str:
     """A FINISHED run in `experiment` that reuses the finished run `source_run_id` of the same key.
 
-    It carries the source's final metric values (so this experiment's tables show them), its checkpoint
-    tags and the config; `reused_from` names the source, whose artifacts and curves stay where they are.
+    It carries the source's final metric values (so this experiment's tables show them; AP-type ones in
+    percent, like every run created now, whatever unit the source logged), its dataset counts as params, its
+    checkpoint tags and the config; `reused_from` names the source, whose artifacts and curves stay where they are.
     """
     from mlflow.entities import Metric
 
     client = _client(tracking_uri)
     source = client.get_run(source_run_id)
-    keep = ("checkpoint", "checkpoint_iteration", "workdir", "git_sha", "git_dirty")
+    keep = ("checkpoint", "checkpoint_iteration", "workdir", "git_sha", "git_dirty", NO_DATA_TAG)
     link_tags = {k: source.data.tags[k] for k in keep if k in source.data.tags}
     link_tags.update(tags or {})
     link_tags[REUSED_TAG] = source_run_id
     link_tags["mlflow.note.content"] = f"Reuses run {source_run_id} (same run key): its curves and files are there."
     run_id = _new_run(client, config, tracking_uri, experiment, workspace, run_name, link_tags, parent_run_id)
     step = int(source.data.tags.get("checkpoint_iteration", 0) or 0)
-    metrics = [Metric(k, v, _now_ms(), step) for k, v in source.data.metrics.items() if math.isfinite(v)]
+    values = in_percent(source.data.metrics, source.data.tags)
+    counts = {k: v for k, v in source.data.params.items() if k.startswith(DATA_PREFIX)}
+    counts.update({k: str(int(v)) for k, v in values.items() if k.startswith(DATA_PREFIX)})  # older sources
+    _log_params(client, run_id, counts)
+    metrics = [Metric(k, v, _now_ms(), step) for k, v in values.items()
+               if math.isfinite(v) and not k.startswith(DATA_PREFIX)]
     for i in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[i: i + 1000])
     client.set_tag(run_id, OUTCOME_TAG, "FINISHED")
@@ -293,9 +326,9 @@ def link_run(source_run_id: str, config: Config, tracking_uri: str, experiment: 
 # ---------------------------------------------------------------- study parent runs
 def create_parent(tracking_uri: str, workspace: Path, experiment: str, run_name: str, tags: dict[str, str],
                   note: str = "") -> str:
-    """A study's parent run (tags: role=study, git state, the given ones)."""
+    """A study's parent run (tags: role=study, git state, metric_unit=percent (its summary's AP), the given ones)."""
     exp_id = ensure_experiment(experiment, tracking_uri, workspace)
-    all_tags = {"role": "study", **git_info(), **tags, "mlflow.note.content": note}
+    all_tags = {"role": "study", **git_info(), UNIT_TAG: PERCENT, **tags, "mlflow.note.content": note}
     return _client(tracking_uri).create_run(exp_id, tags=all_tags, run_name=run_name).info.run_id
 
 
@@ -326,4 +359,5 @@ def log_files(tracking_uri: str, run_id: str, paths: list[Path], folder: str) ->
 
 
 __all__ = ["MlflowHooks", "tracked_run", "record_failure", "link_run", "create_parent", "open_parent", "end_run",
-           "log_text", "log_files", "one_line", "KEY_TAG", "OUTCOME_TAG", "REUSED_TAG", "RESUMED_TAG", "NONFINITE_KEY"]
+           "log_text", "log_files", "one_line", "KEY_TAG", "OUTCOME_TAG", "REUSED_TAG", "RESUMED_TAG", "NONFINITE_KEY",
+           "NO_DATA_TAG", "METHOD_TAG", "DATA_PREFIX"]

@@ -12,6 +12,10 @@ class TrainHooks:
     def on_start(self, config: dict, workdir: Path, start_iteration: int) -> None:
         """Called once, before the first iteration, with the resolved config as a dict."""
 
+    def on_data(self, counts: dict[str, int]) -> None:
+        """Called once, before the first iteration, with what the datasets hold and what was skipped
+        ("data/train_images", "data/val_annotations_kept", ...): facts of the run, not curves."""
+
     def on_iteration(self, iteration: int, scalars: dict[str, float]) -> None:
         """Called every `train.log_every` iterations: losses, lr, assignment diagnostics, timing."""
 
@@ -52,6 +56,10 @@ class HookList(TrainHooks):
     def on_start(self, config, workdir, start_iteration):
         for h in self.hooks:
             h.on_start(config, workdir, start_iteration)
+
+    def on_data(self, counts):
+        for h in self.hooks:
+            h.on_data(counts)
 
     def on_iteration(self, iteration, scalars):
         for h in self.hooks:

@@ -158,9 +158,9 @@ def _train(cfg: Config, workspace: Path, hooks: TrainHooks, resume: bool, workdi
     eval_model = ema.module if ema is not None else model
 
     hooks.on_start(config_to_dict(cfg), workdir, start)
-    data_counts = {f"data/train_{k}": float(v) for k, v in train_set.report.as_dict().items()}
-    data_counts.update({f"data/val_{k}": float(v) for k, v in val_set.report.as_dict().items()})
-    hooks.on_iteration(start, data_counts)
+    data_counts = {f"data/train_{k}": int(v) for k, v in train_set.report.as_dict().items()}
+    data_counts.update({f"data/val_{k}": int(v) for k, v in val_set.report.as_dict().items()})
+    hooks.on_data(data_counts)
     for name, ds in (("train", train_set), ("val", val_set)):
         log.info("%s data: %s", name, ds.report.summary())
 
