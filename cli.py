@@ -5,7 +5,6 @@ Heavy imports (torch, mlflow) happen inside the commands so `anchorlab --help` s
 from __future__ import annotations
 
 import contextlib
-import logging
 import shlex
 import tempfile
 from pathlib import Path
@@ -15,6 +14,7 @@ import typer
 
 from cli_errors import fail as _fail
 from cli_errors import user_errors as _user_errors
+from cli_output import note, progress_every_option, setup_logging, warn
 from cli_report import report
 from cli_search import search_app
 from cli_ui import ui, ui_hint
@@ -23,11 +23,6 @@ from cli_viz import viz_app
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Label-assignment ablations for dense detectors.")
 data_app = typer.Typer(no_args_is_help=True, help="The embedded synthetic benchmark and dataset statistics.")
 app.add_typer(data_app, name="data")
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("anchorlab").setLevel(logging.INFO)
 
 
 # Defaults of `data synth` that `detector.config.SynthConfig` also holds (tests check they agree; the CLI
@@ -101,9 +96,9 @@ def _load(config: List[Path], overrides: List[str]):
 
 
 def _print_metrics(metrics: dict) -> None:
-    """The metrics as two aligned lines (COCO stats in percent), readable in logs as in terminals."""
-    names = list(metrics)
-    cells = [f"{100 * v:.1f}" if v >= 0 else "-" for v in metrics.values()]
+    """The metrics as two aligned lines, in percent (said in the first column), readable in logs as in terminals."""
+    names = ["val (%)", *metrics]
+    cells = ["", *(f"{100 * v:.1f}" if v >= 0 else "-" for v in metrics.values())]
     widths = [max(len(n), len(c)) for n, c in zip(names, cells)]
     typer.echo("  ".join(n.rjust(w) for n, w in zip(names, widths)))
     typer.echo("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
@@ -121,31 +116,44 @@ def train(
     run_name: Optional[str] = typer.Option(None),
     nproc: Optional[int] = typer.Option(None, min=1, help="Processes (GPUs) of this one run, started by torchrun; "
                                         "train.batch_size stays the global batch (sets train.nproc)."),
+    progress_every: float = progress_every_option(),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
-    """Train one detector as one tracked MLflow run, then evaluate it on the val split."""
+    """Train one detector as one tracked MLflow run, then evaluate it on the val split.
+
+    On a terminal a live bar shows the progress; into a log, a plain line every --progress-every seconds."""
     import cli_dist
 
-    _setup_logging(verbose)
+    setup_logging(verbose)
     with _user_errors():
         cfg = _load(config, [*set_, *([f"train.nproc={nproc}"] if nproc else [])])
         cli_dist.relaunch_if_needed(cfg.train.nproc)  # outside torchrun: becomes torchrun, never returns
         cli_dist.check_world(cfg.train.nproc)
         if cli_dist.secondary():
             raise typer.Exit(cli_dist.train_secondary(cfg, workspace))
+        from rich import get_console
+
+        from ablation.display.log_progress import LogProgressHooks
         from ablation.display.run_progress import RichProgressHooks, make_progress
         from ablation.execution.run import SAME_COMMAND_RESTARTS, RunSpec, execute
+        from ablation.profiles import random_backbone_warning
         from ablation.tracking.store import resolve_tracking_uri, workspace_dir
         from detector.config import ConfigError
-        from detector.data.coco import DataError
-        from detector.engine.checkpoint import CheckpointError
+        from detector.data.errors import DataError
+        from detector.engine.checkpoint_errors import CheckpointError
 
         ws = workspace_dir(workspace)
+        backbone = random_backbone_warning([cfg])
+        if backbone:
+            warn(backbone)
         spec = RunSpec(cfg, run_name or cfg.name, experiment, resume=resume, restart_hint=SAME_COMMAND_RESTARTS)
-        with make_progress() as progress:
-            outcome = execute(spec, ws, tracking_uri, hooks=RichProgressHooks(progress, cfg.train.iterations),
-                              on_wait=lambda: progress.console.print(
-                                  f"waiting: another process is training run key {spec.key}"))
+        terminal = get_console().is_terminal  # the console rich's bar draws on (stdout)
+        with make_progress() if terminal else contextlib.nullcontext() as progress:
+            hooks = (RichProgressHooks(progress, cfg.train.iterations) if terminal
+                     else LogProgressHooks(spec.label, cfg.train.iterations, progress_every))
+            say = progress.console.print if terminal else typer.echo
+            outcome = execute(spec, ws, tracking_uri, hooks=hooks,
+                              on_wait=lambda: say(f"waiting: another process is training run key {spec.key}"))
     if outcome.status != "FINISHED":
         user_error = isinstance(outcome.error, (ConfigError, DataError, FileNotFoundError, CheckpointError))
         _fail(f"run {outcome.run_id} {outcome.status}: {outcome.reason}", code=2 if user_error else 1)
@@ -220,19 +228,29 @@ def _study_errors():
 _SEEDS_HELP = "Seeds to run, e.g. 0 or 0,1,2, instead of the profile's (quick profiles: 0,1,2)."
 
 
-def _load_study(file: Path, profile: Optional[str], seeds: Optional[str]):
-    """The study and the profile name, with `--seeds` applied."""
+_PROFILE_HELP = ("paper, quick (CPU), smoke (tests), or the file's; default: paper on a machine with a CUDA GPU, "
+                 "quick without one (said in one line)")
+
+
+def _load_study(file: Path, profile: Optional[str], seeds: Optional[str], workspace: Optional[Path]):
+    """The study and the profile name, with `--seeds` applied; a profile chosen for the user is said on stderr,
+    once the study file and the workspace are known to be usable (a refusal stays one line)."""
     from ablation.study.expand import load_study, parse_seeds, with_seeds
+    from ablation.tracking.store import workspace_dir
 
     study = load_study(file)
-    profile = profile or study.default_profile()
+    workspace_dir(workspace)
+    choice = study.profile_choice(profile)
+    if choice.note:
+        note(choice.note)
+    profile = choice.name
     return (study if seeds is None else with_seeds(study, profile, parse_seeds(seeds))), profile
 
 
 @study_app.command("run")
 def study_run(
     file: Path = typer.Argument(..., help="Study file, e.g. studies/paa_table2_methods.yaml."),
-    profile: Optional[str] = typer.Option(None, help="paper (default), quick (CPU), smoke (tests), or the study's."),
+    profile: Optional[str] = typer.Option(None, help=_PROFILE_HELP),
     seeds: Optional[str] = typer.Option(None, help=_SEEDS_HELP),
     workers: int = typer.Option(1, min=1, help="Local worker processes; CPU threads are split among them."),
     gpus: Optional[str] = typer.Option(None, help="GPU ids, e.g. 0,1: one worker per GPU with CUDA_VISIBLE_DEVICES "
@@ -248,6 +266,7 @@ def study_run(
                                     "6 is handed out again (at once when the worker was on this machine and is gone)."),
     workspace: Optional[Path] = typer.Option(None, help=_WORKSPACE_HELP),
     tracking_uri: Optional[str] = typer.Option(None, help=_URI_HELP),
+    progress_every: float = progress_every_option(),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
     """Run a study: each row x seed is one tracked MLflow run under one parent run per profile.
@@ -256,26 +275,33 @@ def study_run(
     workspace), resumes interrupted ones from their last checkpoint and leaves failed ones failed (unless
     --retry-failed, which starts them again from scratch). Several invocations, or
     machines sharing --queue-storage and the tracking store, can work on one study: each run goes to
-    exactly one worker. Prints the paper-style table at the end.
+    exactly one worker. Prints the paper-style table at the end. Progress: a live panel on a terminal; into a
+    log, a plain line per running run every --progress-every seconds.
     """
-    _setup_logging(verbose)
+    setup_logging(verbose)
     with _study_errors():
         from ablation.display.study_progress import ProgressDisplay
         from ablation.execution.launcher import RunnerSettings, format_plan, plan, run_study
+        from ablation.profiles import random_backbone_warning
+        from ablation.study.expand import expand
 
-        study, profile = _load_study(file, profile, seeds)
+        study, profile = _load_study(file, profile, seeds, workspace)
         gpu_ids = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else []
         if len(gpu_ids) % gpus_per_run:
             _fail(f"--gpus {gpus}: {len(gpu_ids)} GPU(s) cannot be split into groups of --gpus-per-run {gpus_per_run}")
         settings = RunnerSettings(workers=workers, gpus=gpu_ids, procs_per_run=gpus_per_run, retry_failed=retry_failed,
                                   queue_storage=queue_storage, heartbeat_s=heartbeat)
         for warning in study.warnings.get(profile, []) if profile in study.profiles else []:
-            typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+            warn(warning)
+        backbone = random_backbone_warning([r.config for r in expand(study, profile)], profile)
+        if backbone:
+            warn(backbone)
         if dry_run:
             entries, _ = plan(study, profile, workspace, tracking_uri, settings)
             typer.echo(format_plan(study, profile, entries))
             return
-        result = run_study(study, profile, settings, workspace, tracking_uri, display=ProgressDisplay())
+        result = run_study(study, profile, settings, workspace, tracking_uri,
+                           display=ProgressDisplay(every_s=progress_every))
     typer.echo("")
     typer.echo(result.table)
     counts = ", ".join(f"{n} {k}" for k, n in result.counts.items() if n)
@@ -292,7 +318,7 @@ def study_run(
 @study_app.command("status")
 def study_status(
     file: Path = typer.Argument(..., help="Study file."),
-    profile: Optional[str] = typer.Option(None, help="Profile (default: paper)."),
+    profile: Optional[str] = typer.Option(None, help=_PROFILE_HELP),
     seeds: Optional[str] = typer.Option(None, help=_SEEDS_HELP),
     queue_storage: Optional[str] = typer.Option(None, help=_QUEUE_HELP),
     workspace: Optional[Path] = typer.Option(None, help=_WORKSPACE_HELP),
@@ -302,7 +328,7 @@ def study_status(
     with _study_errors():
         from ablation.execution.launcher import RunnerSettings, format_plan, plan
 
-        study, profile = _load_study(file, profile, seeds)
+        study, profile = _load_study(file, profile, seeds, workspace)
         entries, running = plan(study, profile, workspace, tracking_uri, RunnerSettings(queue_storage=queue_storage))
     typer.echo(format_plan(study, profile, entries))
     for trial in running:
@@ -314,7 +340,7 @@ def study_status(
 @study_app.command("table")
 def study_table(
     file: Path = typer.Argument(..., help="Study file."),
-    profile: Optional[str] = typer.Option(None, help="Profile (default: paper)."),
+    profile: Optional[str] = typer.Option(None, help=_PROFILE_HELP),
     seeds: Optional[str] = typer.Option(None, help=_SEEDS_HELP),
     format_: str = typer.Option("md", "--format", help="md | latex | csv | html"),
     out: Optional[Path] = typer.Option(None, help="Write here instead of stdout."),
@@ -327,18 +353,20 @@ def study_table(
     Failed rows read "training failed", rows without runs "pending". Also logged to the parent run.
     """
     with _study_errors():
+        from ablation.execution.launcher import log_table
         from ablation.execution.launcher import study_table as build
         from ablation.tables.render import FORMATS
 
         if format_ not in FORMATS:
             _fail(f"--format '{format_}' is not one of {', '.join(FORMATS)}")
-        study, profile = _load_study(file, profile, seeds)
-        text = build(study, profile, format_, reference, workspace, tracking_uri)
-    if out is None:
-        typer.echo(text, nl=False)
-    else:
-        out.write_text(text)
-        typer.echo(f"wrote {out}")
+        study, profile = _load_study(file, profile, seeds, workspace)
+        text = build(study, profile, format_, reference, workspace, tracking_uri, log=False)
+        if out is None:
+            typer.echo(text, nl=False)
+        else:
+            out.write_text(text)
+            typer.echo(f"wrote {out}")
+        log_table(study, profile, format_, text, workspace, tracking_uri)  # after the answer: writing loads mlflow
 
 
 if __name__ == "__main__":

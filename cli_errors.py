@@ -21,8 +21,8 @@ def user_errors():
     import errno
 
     from detector.config import ConfigError
-    from detector.data.coco import DataError
-    from detector.engine.checkpoint import CheckpointError
+    from detector.data.errors import DataError
+    from detector.engine.checkpoint_errors import CheckpointError
 
     try:
         yield

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from cli_errors import fail, user_errors
+from cli_output import note, progress_every_option, warn
 
 search_app = typer.Typer(no_args_is_help=True, help="Searches: Optuna proposes each trial; every trial is one run.")
 
@@ -17,7 +18,8 @@ search_app = typer.Typer(no_args_is_help=True, help="Searches: Optuna proposes e
 @search_app.command("run")
 def search_run(
     file: Path = typer.Argument(..., help="Search file, e.g. studies/search_paa_lambda.yaml."),
-    profile: Optional[str] = typer.Option(None, help="paper (default), quick (CPU), smoke (tests), or the search's."),
+    profile: Optional[str] = typer.Option(None, help="paper, quick (CPU), smoke (tests), or the search's; default: paper "
+                                          "on a machine with a CUDA GPU, quick without one (said in one line)."),
     trials: Optional[int] = typer.Option(None, min=1, help="Trials that complete or are pruned, counting those "
                                          "already in the storage (default: the file's `trials`)."),
     workers: int = typer.Option(1, min=1, help="Local worker processes; CPU threads are split among them."),
@@ -28,28 +30,41 @@ def search_run(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: SQLite in the workspace)."),
     rerun: bool = typer.Option(True, help="After the trials, train the best configurations and the default with "
                                "the rerun seeds, for the answer's interval."),
+    progress_every: float = progress_every_option(),
 ):
     """Run a search: each trial is a child run of one MLflow parent run per profile.
 
     Re-running the same command resumes it: trials that completed or were pruned count toward --trials,
     a trial whose worker died is run again (its run resumed from the last checkpoint), and a search that
     has its trials starts nothing. A trial whose config already finished anywhere in the workspace reuses
-    that run.
+    that run. Into a log (stdout not a terminal), a progress line per running trial every --progress-every
+    seconds.
     """
     from ablation.execution.queue import QueueError
     from ablation.search.space import SpaceError
 
     with user_errors():
-        from ablation.search.load import load_search
+        from rich import get_console
+
+        from ablation.display.log_progress import WorkerLines
+        from ablation.profiles import random_backbone_warning
+        from ablation.search.resolve import trial_config
         from ablation.search.run import format_result, run_search, trial_line
 
-        search = load_search(file)
-        profile = profile or search.default_profile()
-        if profile not in search.profiles:
-            fail(f"{file}: no profile '{profile}' (the search has {', '.join(search.profiles)})")
+        search, profile = _search_and_profile(file, profile)
+        backbone = random_backbone_warning([trial_config(search, profile, {})], profile)  # the search's defaults
+        if backbone:
+            warn(backbone)
         metrics = [o.metric for o in search.objectives]
+        lines = None if get_console().is_terminal else WorkerLines(progress_every, typer.echo)
 
         def display(worker: int, kind: str, data: dict) -> None:
+            if kind == "iter" and lines is not None:
+                lines.update(worker, f"trial {data['number']}" if "number" in data else f"rerun {data['rerun']}", data)
+            elif kind == "log":
+                typer.echo(f"  worker {worker}: {data['text']}", err=True)
+            if kind in ("end", "rerun-end") and lines is not None:
+                lines.done(worker)
             if kind == "end":
                 typer.echo(trial_line(data["number"], data["outcome"], metrics, data.get("values"), data["params"],
                                       data.get("step", 0), data.get("reason", ""), data.get("reused", False)))
@@ -86,11 +101,15 @@ def search_run(
 
 
 def _search_and_profile(file: Path, profile: Optional[str]):
-    """The loaded search file (validated, nothing trains) and the profile, or one error line."""
+    """The loaded search file (validated, nothing trains) and the profile, or one error line; a profile chosen for
+    the user is said on stderr (`ablation.profiles`)."""
     from ablation.search.load import load_search
 
     search = load_search(file)
-    profile = profile or search.default_profile()
+    choice = search.profile_choice(profile)
+    if choice.note:
+        note(choice.note)
+    profile = choice.name
     if profile not in search.profiles:
         fail(f"{file}: no profile '{profile}' (the search has {', '.join(search.profiles)})")
     return search, profile
@@ -99,7 +118,7 @@ def _search_and_profile(file: Path, profile: Optional[str]):
 @search_app.command("report")
 def search_report(
     file: Path = typer.Argument(..., help="Search file, e.g. studies/search_paa_lambda.yaml."),
-    profile: Optional[str] = typer.Option(None, help="The profile it ran under (default: paper, or its first)."),
+    profile: Optional[str] = typer.Option(None, help="The profile it ran under (default: as `search run`'s)."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage the search ran on (default: <workspace>/queue/"
                                           "search-<name>-<profile>.journal)."),
     workspace: Optional[Path] = typer.Option(None, help="Workspace (default $ANCHORLAB_HOME or ./anchorlab-runs)."),
@@ -133,7 +152,7 @@ def search_report(
 @search_app.command("dashboard")
 def search_dashboard(
     file: Path = typer.Argument(..., help="Search file, e.g. studies/search_paa_lambda.yaml."),
-    profile: Optional[str] = typer.Option(None, help="The profile it ran under (default: paper, or its first)."),
+    profile: Optional[str] = typer.Option(None, help="The profile it ran under (default: as `search run`'s)."),
     port: int = typer.Option(8080, help="Port on 127.0.0.1."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage the search ran on (default: the workspace's "
                                           "journal)."),

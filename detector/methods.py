@@ -1,13 +1,15 @@
 """Label-assignment methods: one explicit dict from a method's name (config `assign.name`) to its record.
 
-A method is more than an assigner: its config type (defined beside its code; `detector.config` gives it
-the section `assign.<name>`), its assign function (or none), its loss function, whether it reads the
-detached predictions, its box coding and its default score fusion, and the diagnostics only it can read
-from its assignment result. The training step asks the method for (losses, assignment result); the
+A method is more than an assigner: its spec (`detector.config.method_specs.METHOD_SPECS`: its config type,
+which `detector.config` makes the section `assign.<name>`, its box coding, its default score fusion, whether
+it reads the detached predictions; kept apart, without torch, so configs validate without loading this
+module), its assign function (or none), its loss function, and the diagnostics only it can read from its
+assignment result. The training step asks the method for (losses, assignment result); the
 default loss assigns, then applies the dense losses. A method that matches inside its loss, with
 gradients (FreeAnchor), brings its own loss function and reads the same `LossInputs`.
 
-Adding a method = one module + one line in `METHODS` + one config file + its tests.
+Adding a method = one module + its config section (`detector/config/assign_sections.py`) + one line in
+`METHOD_SPECS` and one here + one config file + its tests.
 """
 from __future__ import annotations
 
@@ -19,29 +21,25 @@ import torch
 from torch import Tensor
 
 from detector.assigners import assign
-from detector.assigners.atss import ATSSConfig, assign_atss
+from detector.assigners.atss import assign_atss
 from detector.assigners.base import AssignFn, AssignInputs, AssignResult
-from detector.assigners.centerness_threshold import CenternessThresholdConfig, assign_centerness_threshold
-from detector.assigners.fcos import FCOSConfig, assign_fcos_inside
-from detector.assigners.max_iou import MaxIoUConfig, assign_max_iou
-from detector.assigners.paa import PAAConfig, assign_paa
+from detector.assigners.centerness_threshold import assign_centerness_threshold
+from detector.assigners.fcos import assign_fcos_inside
+from detector.assigners.max_iou import assign_max_iou
+from detector.assigners.paa import assign_paa
 from detector.assigners.paa_details import paa_records, paa_summary
-from detector.assigners.pseudo_iou import PseudoIoUConfig, assign_pseudo_iou
-from detector.assigners.scaled_box import ScaledBoxConfig, assign_scaled_box
+from detector.assigners.pseudo_iou import assign_pseudo_iou
+from detector.assigners.scaled_box import assign_scaled_box
 from detector.box_coder import BoxCoder, Coder, LTRBCoder
+from detector.config.method_specs import BOX_CODINGS, METHOD_SPECS, SCORE_FUSIONS, MethodSpec, method_config
 from detector.data.batch import Batch
 from detector.losses.dense import dense_losses
-from detector.losses.free_anchor import FreeAnchorConfig, free_anchor_losses
+from detector.losses.free_anchor import free_anchor_losses
 from detector.losses.free_anchor_details import bags_result, free_anchor_records, free_anchor_summary
 from detector.model.anchors import anchors_per_location
 
-if TYPE_CHECKING:  # annotation only: the head imports detector.config, which imports this module
+if TYPE_CHECKING:  # annotation only
     from detector.model.head import HeadOutput
-
-# "delta": (dx, dy, dw, dh) w.r.t. the anchors (`BoxCoder`); "ltrb": FCOS distances from the anchors' centres (the
-# points, one per location) to the box's sides, divided by the stride (`LTRBCoder`)
-BOX_CODINGS = ("delta", "ltrb")
-SCORE_FUSIONS = ("none", "product", "sqrt_product")  # detection score: cls, cls x aux, sqrt(cls x aux)
 
 
 @dataclass
@@ -63,11 +61,6 @@ class LossOutput:
     losses: dict[str, Tensor]  # scalar losses; "loss" is their sum, the one backpropagated
     result: AssignResult  # the assignment (a method matching inside its loss: the matching it chose)
     assign_seconds: float = 0.0  # wall time of the assignment (CPU-accurate; asynchronous on CUDA)
-
-
-def method_config(assign_cfg: Any) -> Any:
-    """The active method's config section `assign.<name>` of an `AssignConfig`; None for a method without one."""
-    return getattr(assign_cfg, assign_cfg.name) if METHODS[assign_cfg.name].config is not None else None
 
 
 def assign_then_dense(method: Method, inputs: LossInputs) -> LossOutput:
@@ -115,39 +108,43 @@ def no_records(result: AssignResult, count: int, seed: int) -> dict[str, list]:
 
 @dataclass(frozen=True)
 class Method:
-    config: type | None  # dataclass of its section `assign.<name>` (defined beside its code), or None
+    spec: MethodSpec  # config type, box coding, score fusion, reads predictions (`METHOD_SPECS[name]`)
     assign: AssignFn | None  # pure no-grad (AssignInputs, its config) -> AssignResult; None if the loss matches
     loss: Callable[[Method, LossInputs], LossOutput] = assign_then_dense
-    reads_predictions: bool = False  # `assign` (or a matching loss) reads the predictions (`assign`: detached)
-    box_coding: str = "delta"  # one of BOX_CODINGS; `build_box_coder` makes its coder
-    score_fusion: str = "none"  # one of SCORE_FUSIONS: what inference.score_fusion "auto" means with an aux branch
     # Diagnostics only this method can read from its own AssignResult (e.g. its `details`):
     summary: Callable[[AssignResult], dict[str, float]] = no_summary  # scalars, logged with the losses
     records: Callable[[AssignResult, int, int], dict[str, list]] = no_records  # (result, count, seed) -> {kind: records}
 
     def __post_init__(self):
-        if self.box_coding not in BOX_CODINGS:
-            raise ValueError(f"box_coding '{self.box_coding}' is not one of {', '.join(BOX_CODINGS)}")
-        if self.score_fusion not in SCORE_FUSIONS:
-            raise ValueError(f"score_fusion '{self.score_fusion}' is not one of {', '.join(SCORE_FUSIONS)}")
         if self.assign is None and self.loss is assign_then_dense:
             raise ValueError("a method without an assign function needs a loss function of its own")
 
+    @property
+    def config(self) -> type | None:
+        return self.spec.config
+
+    @property
+    def reads_predictions(self) -> bool:
+        return self.spec.reads_predictions
+
+    @property
+    def box_coding(self) -> str:
+        return self.spec.box_coding
+
+    @property
+    def score_fusion(self) -> str:
+        return self.spec.score_fusion
+
 
 METHODS: dict[str, Method] = {
-    "max_iou": Method(MaxIoUConfig, assign_max_iou),
-    "atss": Method(ATSSConfig, assign_atss, score_fusion="product"),
-    "paa": Method(PAAConfig, assign_paa, reads_predictions=True, score_fusion="sqrt_product",
-                  summary=paa_summary, records=paa_records),
-    # Points (Li et al., CVPRW 2021): FCOS candidates, then a rule; score = cls x centerness, as mmdetection's FCOS
-    # and the official Pseudo-IoU head (`multiclass_nms(score_factors=centerness)`)
-    "fcos_inside": Method(FCOSConfig, assign_fcos_inside, box_coding="ltrb", score_fusion="product"),
-    "pseudo_iou": Method(PseudoIoUConfig, assign_pseudo_iou, box_coding="ltrb", score_fusion="product"),
-    "scaled_box": Method(ScaledBoxConfig, assign_scaled_box, box_coding="ltrb", score_fusion="product"),
-    "centerness_threshold": Method(CenternessThresholdConfig, assign_centerness_threshold, box_coding="ltrb",
-                                   score_fusion="product"),
-    # Zhang et al., NeurIPS 2019: no assign step, the loss matches (it reads the predictions, with gradients)
-    "free_anchor": Method(FreeAnchorConfig, None, loss=free_anchor_loss, reads_predictions=True,
+    "max_iou": Method(METHOD_SPECS["max_iou"], assign_max_iou),
+    "atss": Method(METHOD_SPECS["atss"], assign_atss),
+    "paa": Method(METHOD_SPECS["paa"], assign_paa, summary=paa_summary, records=paa_records),
+    "fcos_inside": Method(METHOD_SPECS["fcos_inside"], assign_fcos_inside),
+    "pseudo_iou": Method(METHOD_SPECS["pseudo_iou"], assign_pseudo_iou),
+    "scaled_box": Method(METHOD_SPECS["scaled_box"], assign_scaled_box),
+    "centerness_threshold": Method(METHOD_SPECS["centerness_threshold"], assign_centerness_threshold),
+    "free_anchor": Method(METHOD_SPECS["free_anchor"], None, loss=free_anchor_loss,
                           summary=free_anchor_summary, records=free_anchor_records),
 }
 

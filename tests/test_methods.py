@@ -1,4 +1,5 @@
-"""The method record: a method added by one dict entry trains end to end; unknown names; score fusion "auto";
+"""The method record: a method added by its spec and one dict entry trains end to end; every method has a spec and
+every spec a method; unknown names; score fusion "auto";
 one box-coder builder; every detector module imports on its own (no hidden import cycle)."""
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from detector.assigners.base import BG, AssignInputs, AssignResult
 from detector.boxes import batched_box_iou, box_centers, point_box_distances
 from detector.config import ConfigError, build_config
+from detector.config.method_specs import METHOD_SPECS, MethodSpec
 from detector.engine.hooks import TrainHooks
 from detector.engine.step import TrainStep
 from detector.engine.train import train
@@ -56,9 +58,10 @@ class _Scalars(TrainHooks):
         self.logged.update(scalars)
 
 
-def test_a_method_added_by_one_dict_entry_trains_end_to_end(monkeypatch, workspace):
+def test_a_method_added_by_its_spec_and_one_dict_entry_trains_end_to_end(monkeypatch, workspace):
     toy = ToyAssigner()
-    monkeypatch.setitem(METHODS, "toy", Method(config=None, assign=toy,
+    monkeypatch.setitem(METHOD_SPECS, "toy", MethodSpec(config=None))  # what configs know of it (no torch)
+    monkeypatch.setitem(METHODS, "toy", Method(METHOD_SPECS["toy"], assign=toy,
                                                summary=lambda r: {"toy/positives": float(r.positive.sum())}))
     cfg = tiny_config(assign={"name": "toy"})
     hooks = _Scalars()
@@ -67,6 +70,11 @@ def test_a_method_added_by_one_dict_entry_trains_end_to_end(monkeypatch, workspa
     assert set(STAT_NAMES) <= set(result.metrics) and all(math.isfinite(result.metrics[k]) for k in STAT_NAMES)
     assert toy.calls >= cfg.train.iterations  # the toy assigner made every step's assignment
     assert hooks.logged["toy/positives"] > 0 and hooks.logged["time/assign_s"] >= 0  # its summary is logged
+
+
+def test_every_method_has_its_spec_and_every_spec_a_method():
+    assert list(METHODS) == list(METHOD_SPECS)
+    assert all(METHODS[name].spec is METHOD_SPECS[name] for name in METHODS)
 
 
 def test_unknown_method_is_a_one_line_error_naming_the_valid_ones():
@@ -119,11 +127,11 @@ def test_the_box_coder_comes_from_one_builder():
 
 def test_method_records_refuse_what_they_cannot_do():
     with pytest.raises(ValueError, match="box_coding"):
-        Method(config=None, assign=ToyAssigner(), box_coding="polar")
+        MethodSpec(config=None, box_coding="polar")
     with pytest.raises(ValueError, match="score_fusion"):
-        Method(config=None, assign=ToyAssigner(), score_fusion="max")
+        MethodSpec(config=None, score_fusion="max")
     with pytest.raises(ValueError, match="loss function of its own"):
-        Method(config=None, assign=None)
+        Method(MethodSpec(config=None), assign=None)
 
 
 IMPORT_EACH_FIRST = """

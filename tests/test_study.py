@@ -371,7 +371,7 @@ def test_status_reports_states_from_the_store(tmp_path, empty_store):
     _fake_run(client, exp_id, a, "FINISHED", 0.25)
     _fake_run(client, exp_id, b, "FAILED", reason="diverged at iteration 2")
     entries, running = plan(study, "smoke", ws, uri, RunnerSettings())
-    assert [(e.state, e.action) for e in entries] == [("finished", "reuse (AP 25.0)"),
+    assert [(e.state, e.action) for e in entries] == [("finished", "reuse (AP 25.0%)"),
                                                       ("failed", "skip: diverged at iteration 2"), ("pending", "run")]
     assert running == []
     entries, _ = plan(study, "smoke", ws, uri, RunnerSettings(retry_failed=True))

@@ -184,8 +184,8 @@ def test_gts_without_a_positive_anchor_and_time_per_run_under_the_table(tmp_path
     _timed_run(client, exp_id, by["Better", 1], 2400, 0.1, tags={"reused_from": source})
     table = build_table(study, "smoke", runs_frame(uri, study.name, "tags.role = 'row'"))
 
-    gts = "GTs without a positive anchor: Base 2.1%"  # (2.0% + 2.2%) / 2; Better's runs lack the metric
-    times = "Time per run: Base 4.2 min, Better 3.0 min"  # (4.0 + 4.4) / 2; Better: its one run that trained here
+    gts = "GTs without a positive anchor (%): Base 2.1"  # (2.0% + 2.2%) / 2; Better's runs lack the metric
+    times = "Time per run (min): Base 4.2, Better 3.0"  # (4.0 + 4.4) / 2; Better: its one run that trained here
     md = render(table, "md")
     assert md.endswith(f"\n{gts}  \n{times}\n")  # md notes end in two spaces (a line break), but the last
     latex_gts = gts.replace("%", r"\%")

@@ -22,6 +22,7 @@ against the val annotation file its config resolves to (for the bootstrap over v
 """
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import queue as std_queue
@@ -31,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ablation.execution.queue import DEFAULT_HEARTBEAT_S, WorkQueue, default_storage
-from ablation.execution.worker import WorkerArgs, stop_once, worker_main
 from ablation.processes import HOST, pid_alive
 from ablation.study.expand import StudyRun, expand, spec_hash
 from ablation.study.load import Study
@@ -45,6 +45,7 @@ from ablation.tracking.views import ensure_rows_view
 from detector.config import config_to_dict
 from detector.data.build import dataset_paths
 from detector.evaluation.bootstrap import ImageMatches, load_gt, match_detections
+from detector.run_key import run_dir
 
 PARENT_WAIT_S = 120.0  # how long a launcher waits for the queue's creator to make the parent run
 JOIN_TIMEOUT_S = 30.0
@@ -93,7 +94,7 @@ def _queue_location(settings: RunnerSettings, ws: Path, study: Study, profile: s
 
 
 def _ap(rec: reader.RunRecord) -> str:
-    return f"AP {rec.metrics.get('val/AP', float('nan')):.1f}"  # percent (`reader`)
+    return f"AP {rec.metrics.get('val/AP', float('nan')):.1f}%"  # percent (`reader`)
 
 
 # ---------------------------------------------------------------- plan (dry run, status)
@@ -230,6 +231,8 @@ def run_study(study: Study, profile: str | None = None, settings: RunnerSettings
     `display` (a `ProgressDisplay`, or anything with its start/handle/tick/stop) shows progress; None
     runs silently.
     """
+    from ablation.execution.worker import WorkerArgs, stop_once, worker_main  # torch: only where runs train
+
     settings = settings or RunnerSettings()
     profile = profile or study.default_profile()
     runs = expand(study, profile)
@@ -290,18 +293,32 @@ def run_study(study: Study, profile: str | None = None, settings: RunnerSettings
 
 
 def study_table(study: Study, profile: str | None = None, fmt: str = "md", reference: bool = False,
-                workspace=None, tracking_uri: str | None = None) -> str:
-    """Render the study's table from MLflow (and log it to the parent run when there is one)."""
+                workspace=None, tracking_uri: str | None = None, log: bool = True) -> str:
+    """Render the study's table from MLflow (and, with `log`, log it to the parent run when there is one)."""
     profile = profile or study.default_profile()
     expand(study, profile)  # an unknown profile is an error before anything is read
     ws, uri = _targets(workspace, tracking_uri)
     table = _table(study, profile, uri, ws)
     text = render(table, fmt, reference)
+    if log:
+        parent = log_table(study, profile, fmt, text, ws, uri)
+        if parent:
+            _log_summary(study, profile, table, uri, parent)
+    return text
+
+
+def log_table(study: Study, profile: str, fmt: str, text: str, workspace=None, tracking_uri: str | None = None,
+              ) -> str | None:
+    """Log a rendered table to the study's parent run of `profile`; its id, or None when there is no parent.
+
+    Apart from `study_table` so that `anchorlab study table` prints first: writing loads mlflow (1.5-3 s),
+    which reading the table does not need.
+    """
+    ws, uri = _targets(workspace, tracking_uri)
     parent = reader.find_parent(uri, study.name, profile)
     if parent:
         writer.log_text(uri, parent, text, f"tables/{profile}.{EXTENSIONS[fmt]}")
-        _log_summary(study, profile, table, uri, parent)
-    return text
+    return parent
 
 
 def _log_summary(study: Study, profile: str, table: Table, uri: str, parent: str) -> None:
@@ -331,8 +348,9 @@ def per_image_matches(study: Study, profile: str, frame, uri: str, ws: Path) -> 
         rec = records.get(run.key)
         if rec is None or rec.status != "FINISHED" or rec.run_id in out:
             continue
+        detections = workspace_detections(ws, rec)
         try:
-            detections = reader.run_detections(uri, rec.run_id)
+            detections = reader.run_detections(uri, rec.run_id) if detections is None else detections
         except reader.RunNotFound:  # the source of a link run was deleted
             continue
         if detections is None:
@@ -347,6 +365,14 @@ def per_image_matches(study: Study, profile: str, frame, uri: str, ws: Path) -> 
         except ValueError:  # detections of images the val file lacks: another val set
             continue
     return out
+
+
+def workspace_detections(ws: Path, rec: reader.RunRecord) -> list[dict] | None:
+    """The final evaluation's detections kept in this workspace by the run that trained `rec` (a link run's
+    source): `checkpoints/<key>/<run id>/eval/`, the file MLflow holds a copy of. None when that folder is
+    not here (trained in another workspace): MLflow's copy is read then, which loads mlflow (1.5-3 s)."""
+    path = run_dir(ws, rec.key, rec.reused_from or rec.run_id) / reader.DETECTIONS_ARTIFACT  # same path in both
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _stop(procs) -> None:
@@ -377,4 +403,5 @@ def _drain(events, display, timeout: float) -> None:
 
 
 __all__ = ["RunnerSettings", "PlanEntry", "StudyResult", "plan", "format_plan", "count_states", "reconcile",
-           "study_item", "run_study", "study_table", "prepare_parent", "per_image_matches"]
+           "study_item", "run_study", "study_table", "log_table", "prepare_parent", "per_image_matches",
+           "workspace_detections"]

@@ -10,10 +10,13 @@ elsewhere, and exits when none are.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import signal
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ablation.execution.queue import WorkQueue
@@ -59,9 +62,13 @@ def stop_once(signum, frame):
     raise _Terminated(f"stopped by {signal.Signals(signum).name}; the same command resumes it")
 
 
-def setup_worker_process(index: int, threads: int, launcher_pid: int, gpu: str | None = None) -> None:
+def setup_worker_process(index: int, threads: int, launcher_pid: int, gpu: str | None = None,
+                         log: Callable[[str], None] | None = None) -> None:
     """In a spawned worker (a study's or a search's): pin the GPU and threads before torch loads; die with the
-    launcher; SIGTERM -> clean stop (`_Terminated`, a KeyboardInterrupt)."""
+    launcher; SIGTERM -> clean stop (`_Terminated`, a KeyboardInterrupt). With `log`, what the worker writes to
+    sys.stdout / sys.stderr (its warnings, MLflow's and Python's log lines) goes to it line by line, for the
+    launcher to print: written straight to the inherited terminal it would break into the launcher's live
+    panel. (Writes below Python, to file descriptors 1 and 2, still go straight out.)"""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -75,7 +82,10 @@ def setup_worker_process(index: int, threads: int, launcher_pid: int, gpu: str |
         pass
     if os.getppid() != launcher_pid:  # the launcher died before prctl took effect
         raise _Terminated()
-    logging.basicConfig(level=logging.WARNING, format=f"  worker {index}: %(levelname)s %(message)s")
+    if log is not None:  # the launcher prefixes "worker <index>:"
+        sys.stdout = sys.stderr = _LineStream(log)
+    prefix = "" if log is not None else f"  worker {index}: "
+    logging.basicConfig(level=logging.WARNING, format=f"{prefix}%(levelname)s %(message)s")
     import torch
 
     torch.set_num_threads(threads)  # train.num_threads > 0 in the config still wins
@@ -99,7 +109,8 @@ def worker_main(args: WorkerArgs, events) -> None:
         events.put((args.index, kind, data))
 
     try:
-        setup_worker_process(args.index, args.threads, args.launcher_pid, args.gpu)
+        setup_worker_process(args.index, args.threads, args.launcher_pid, args.gpu,
+                             log=lambda text: emit("log", text=text))
         q = WorkQueue(args.queue_location, args.queue_name, args.heartbeat_s)
         errors = 0
         while errors < MAX_CONSECUTIVE_ERRORS:
@@ -142,8 +153,8 @@ def run_item(q: WorkQueue, claim, args: WorkerArgs, emit) -> bool:
         with rank_group(config, args.workspace, args.procs_per_run, max(1, args.threads // args.procs_per_run)) as config:
             spec = RunSpec(config, item["run_name"], args.experiment, args.parent_run_id, item["tags"],
                            reuse=True, resume=True, restart_hint=_restart_hint(args, item))
-            outcome = execute(spec, args.workspace, args.tracking_uri, hooks=_EventHooks(emit, claim, key),
-                              on_wait=lambda: emit("held", key=key))
+            hooks = _ClaimedEvents(emit, claim, config.train.iterations, key=key)
+            outcome = execute(spec, args.workspace, args.tracking_uri, hooks=hooks, on_wait=lambda: emit("held", key=key))
         status, reason, ap = outcome.status, outcome.reason, outcome.metrics.get("AP")
     except KeyboardInterrupt:
         q.finish(claim, TrialState.FAIL, "interrupted")
@@ -167,36 +178,72 @@ def _restart_hint(args: WorkerArgs, item: dict) -> str:
     return f"`anchorlab study run {study_file} --profile {item['profile']} --retry-failed` starts that run over"
 
 
-class _EventHooks(TrainHooks):
-    """Training hooks that report progress to the launcher (throttled) and watch the claim."""
+class _LineStream(io.TextIOBase):
+    """A text stream that hands each complete line to `send` (a worker's: a "log" event to the launcher)."""
+
+    encoding = "utf-8"  # read by libraries that print; the text goes to the launcher as str
+
+    def __init__(self, send: Callable[[str], None]):
+        self.send, self.pending = send, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            if line.strip():
+                try:
+                    self.send(line)
+                except Exception:  # a closed queue at shutdown: the line is lost, the run is not
+                    pass
+        return len(text)
+
+
+class ProgressEvents(TrainHooks):
+    """Training hooks that report a run's progress as events, at most one per `EVERY_S`: "iter" {ids, it, total,
+    loss, phase "train"} while training, {ids, it: images done, total: images, phase "eval"} while evaluating."""
 
     EVERY_S = 0.5
 
-    def __init__(self, emit, claim, key: str):
-        self.emit, self.claim, self.key = emit, claim, key
-        self.last = 0.0
+    def __init__(self, emit, total: int, **ids):
+        self.emit, self.total, self.ids = emit, total, ids
+        self.last, self.loss = 0.0, None
 
     def _check(self) -> None:
-        if self.claim.lost.is_set():  # another worker holds this run now: leave it to them, at once
-            self.emit("end", key=self.key, status="LOST", reason="handed to another worker", ap=None)
-            os._exit(LOST_EXIT)
+        """Called at every report; a subclass may end the run here."""
 
     def on_start(self, config, workdir, start_iteration):
-        self.emit("iter", key=self.key, it=start_iteration, phase="train")
+        self.emit("iter", **self.ids, it=start_iteration, total=self.total, loss=None, phase="train")
 
     def on_iteration(self, iteration, scalars):
         self._check()
+        if "loss" in scalars:
+            self.loss = scalars["loss"]
         now = time.monotonic()
         if now - self.last >= self.EVERY_S:
             self.last = now
-            self.emit("iter", key=self.key, it=iteration, phase="train")
+            self.emit("iter", **self.ids, it=iteration, total=self.total, loss=self.loss, phase="train")
 
     def on_eval_progress(self, done, total):
         self._check()
         now = time.monotonic()
         if now - self.last >= self.EVERY_S or done == total:
             self.last = now
-            self.emit("iter", key=self.key, it=done, total=total, phase="eval")
+            self.emit("iter", **self.ids, it=done, total=total, phase="eval")
 
 
-__all__ = ["WorkerArgs", "worker_main", "run_item", "stop_once", "LOST_EXIT"]
+class _ClaimedEvents(ProgressEvents):
+    """`ProgressEvents` of a study worker, which also watch the claim of the run."""
+
+    def __init__(self, emit, claim, total: int, key: str):
+        super().__init__(emit, total, key=key)
+        self.claim, self.key = claim, key
+
+    def _check(self) -> None:
+        if self.claim.lost.is_set():  # another worker holds this run now: leave it to them, at once
+            self.emit("end", key=self.key, status="LOST", reason="handed to another worker", ap=None)
+            os._exit(LOST_EXIT)
+
+
+__all__ = ["WorkerArgs", "worker_main", "run_item", "stop_once", "setup_worker_process", "ProgressEvents", "LOST_EXIT"]

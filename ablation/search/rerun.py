@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from ablation.execution.run import RunSpec, execute
+from ablation.execution.worker import ProgressEvents
 from ablation.search.resolve import nested, trial_config
 from ablation.search.space import decode
 from ablation.search.spec import Search
@@ -101,7 +102,9 @@ def rerun_top(search: Search, profile: str, study, parent_run_id: str, workspace
                            resume=True, restart_hint="the same command trains it again")
             if display is not None:
                 display("rerun-start", {"candidate": cand.label, "seed": seed})
-            outcome = execute(spec, workspace, tracking_uri)
+            hooks = None if display is None else ProgressEvents(lambda kind, **data: display(kind, data),
+                                                                cfg.train.iterations, rerun=spec.label)
+            outcome = execute(spec, workspace, tracking_uri, hooks=hooks)
             value = outcome.metrics.get(metric) if outcome.status == "FINISHED" else None
             if value is None or not math.isfinite(value):
                 cand.failed[seed] = outcome.reason or f"{metric} not reported"

@@ -136,10 +136,11 @@ def run_search(search: Search, profile: str | None = None, trials: int | None = 
     """Run (or resume) `search` under `profile` until `trials` trials are COMPLETE or PRUNED (module doc).
 
     `storage`: a journal file path or a database URL (default: a journal in the workspace's queue/).
-    `display(worker, kind, data)` sees the workers' events: "start" {number, params}, "end" {number,
-    outcome, values, step, run_id, reason, reused, params}, "wait", "died" {code}, and with `rerun` (once
-    the budget is met; single-objective searches) "rerun-start" {candidate, seed}, "rerun-end" {candidate,
-    seed, status, value, reason}; None runs silently.
+    `display(worker, kind, data)` sees the workers' events: "start" {number, params}, "iter" {number, it,
+    total, loss, phase} (`ProgressEvents`, twice a second at most), "end" {number, outcome, values, step,
+    run_id, reason, reused, params}, "wait", "log" {text} (a line a spawned worker wrote), "died" {code}, and
+    with `rerun` (once the budget is met; single-objective searches) "rerun-start" {candidate, seed},
+    "rerun-end" {candidate, seed, status, value, reason}; None runs silently.
     """
     profile = profile or search.default_profile()
     if profile not in search.profiles:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ablation.profiles import ProfileChoice, choose_profile
 from ablation.study.load import Profile
 
 PARAM_KINDS = ("float", "int", "categorical")
@@ -82,10 +83,12 @@ class Search:
     def rerun_seeds(self, profile: str) -> list[int]:
         return self.profiles[profile].seeds or self.rerun.seeds
 
+    def profile_choice(self, given: str | None = None) -> ProfileChoice:
+        """`given`, or the default: `paper` with a CUDA GPU, `quick` without, else the first (`ablation.profiles`)."""
+        return choose_profile(self.profiles, given, self.path, single_only=False)
+
     def default_profile(self) -> str:
-        if "paper" in self.profiles:
-            return "paper"
-        return next(iter(self.profiles))
+        return self.profile_choice().name
 
 
 __all__ = ["Param", "Objective", "SamplerSpec", "PrunerSpec", "RerunSpec", "Search", "PARAM_KINDS", "DIRECTIONS"]

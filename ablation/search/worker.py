@@ -18,14 +18,14 @@ import warnings
 from dataclasses import dataclass
 
 from ablation.execution.run import RunSpec, execute
-from ablation.execution.worker import setup_worker_process
+from ablation.execution.worker import ProgressEvents, setup_worker_process
 from ablation.search import storage as st
 from ablation.search.resolve import trial_config
 from ablation.search.space import build_pruner, build_sampler, suggest
 from ablation.search.spec import Search
 from ablation.tracking import reader, writer
 from ablation.tracking.units import eval_in_percent
-from detector.engine.hooks import TrainHooks
+from detector.engine.hooks import HookList, TrainHooks
 
 
 @dataclass
@@ -115,7 +115,8 @@ def run_trial(args: WorkerArgs, study, trial, emit) -> str:
                 **{f"param.{k}": str(v) for k, v in values.items()}}
         spec = RunSpec(config, f"trial {n}", search.name, args.parent_run_id, tags, reuse=True, resume=True,
                        restart_hint="a later trial with the same values trains it from scratch")
-        hooks = PruneHooks(trial, search.objectives[0].metric) if len(search.objectives) == 1 else None
+        prune = PruneHooks(trial, search.objectives[0].metric) if len(search.objectives) == 1 else None
+        hooks = HookList(prune, ProgressEvents(emit, config.train.iterations, number=n))  # "iter" events: progress
         outcome = execute(spec, args.workspace, args.tracking_uri, hooks=hooks)
     except KeyboardInterrupt:  # the run is KILLED in MLflow; the trial goes back, to be resumed
         _interrupted(study, tid)
@@ -186,8 +187,11 @@ def work(args: WorkerArgs, emit) -> None:
 def worker_main(args: WorkerArgs, events) -> None:
     """Entry point of a spawned worker: pin threads, die with the launcher, run `work`."""
     try:
-        setup_worker_process(args.index, args.threads, args.launcher_pid)
-        work(args, lambda kind, **data: events.put((args.index, kind, data)))
+        def emit(kind: str, **data) -> None:
+            events.put((args.index, kind, data))
+
+        setup_worker_process(args.index, args.threads, args.launcher_pid, log=lambda text: emit("log", text=text))
+        work(args, emit)
     except KeyboardInterrupt:
         events.put((args.index, "exit", {"code": 130}))
         raise SystemExit(130) from None

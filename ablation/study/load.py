@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ablation.profiles import ProfileChoice, choose_profile
 from ablation.study.source import NAME_RE, Ctx, StudyError, line_of, nest, plain, read_top
 from detector.config import ConfigError, deep_merge, flatten, load_yaml
 from detector.evaluation.coco_eval import STAT_NAMES
@@ -106,12 +107,12 @@ class Study:
     runs: dict[str, list] = field(default_factory=dict)  # profile -> [expand.StudyRun] (filled by expansion)
     baseline: str | None = None  # the row label other rows are compared with (no comparison when None)
 
+    def profile_choice(self, given: str | None = None) -> ProfileChoice:
+        """`given`, or the default: `paper` with a GPU, `quick` without, else the only one (`ablation.profiles`)."""
+        return choose_profile(self.profiles, given, self.path)
+
     def default_profile(self) -> str:
-        if "paper" in self.profiles:
-            return "paper"
-        if len(self.profiles) == 1:
-            return next(iter(self.profiles))
-        raise StudyError(f"{self.path}: choose a profile with --profile: {', '.join(self.profiles)}")
+        return self.profile_choice().name
 
     def row(self, label: str) -> Row:
         return next(r for r in self.rows if r.label == label)

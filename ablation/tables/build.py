@@ -32,7 +32,7 @@ from ablation.study.expand import expand
 from ablation.study.load import FAILED_REFERENCE, Study
 from ablation.tables.stats import LEVEL, Interval, mean_interval, paired_interval
 from ablation.tracking.reader import RunRecord, by_key
-from detector.engine.diagnostics import GT_WITHOUT_POS_MEAN, RUN_SECONDS
+from detector.engine.hooks import GT_WITHOUT_POS_MEAN, RUN_SECONDS
 from detector.evaluation.bootstrap import (ImageMatches, coco_ap, difference_interval, resample_counts,
                                            resampled_ap, same_images)
 

@@ -4,8 +4,9 @@ values and our difference beside each metric.
 A metric cell reads `mean ± half-width` (95% Student t over seeds), `mean†` for one seed (no
 interval), bold when significantly above its column's runner-up. With a baseline, three columns
 follow: the AP difference, its interval over seeds and its interval over val images, each interval
-marked "n.s." when it contains 0. Under the table, note lines; among them two per-row figures, each row
-that has one: the share of GTs without a positive anchor (percent) and the time per run (minutes). The
+marked "n.s." when it contains 0. Under the table, note lines: first the metrics' unit (percent), then among
+others two per-row figures, each row that has one: the share of GTs without a positive anchor (%) and the
+time per run (min), each named with its unit. The
 CSV keeps the numbers (mean, half-width, seeds, best flag, interval bounds, significance, and those two
 figures) in columns of their own."""
 from __future__ import annotations
@@ -25,8 +26,8 @@ PARTIAL_MARK = "*"
 SINGLE_MARK = "†"
 NOT_SIGNIFICANT = "n.s."
 BASELINE_TEXT = "baseline"
-GT_WITHOUT_POS_TEXT = "GTs without a positive anchor"
-TIME_TEXT = "Time per run"
+GT_WITHOUT_POS_TEXT = "GTs without a positive anchor (%)"
+TIME_TEXT = "Time per run (min)"
 
 
 def _number(cell: Cell, partial: bool) -> str:
@@ -92,8 +93,8 @@ def _label_cells(part: TablePart, row: TableRow) -> list[str]:
 def _row_figures(rows: list[TableRow]) -> list[str]:
     """A line per figure (GTs without a positive anchor, time per run) naming each row that has it, in order."""
     unique = list({r.label: r for r in rows}.values())  # a row shown in several parts: once
-    shares = [f"{r.label} {100 * r.gt_without_pos:.1f}%" for r in unique if r.gt_without_pos is not None]
-    times = [f"{r.label} {r.minutes:.1f} min" for r in unique if r.minutes is not None]
+    shares = [f"{r.label} {100 * r.gt_without_pos:.1f}" for r in unique if r.gt_without_pos is not None]
+    times = [f"{r.label} {r.minutes:.1f}" for r in unique if r.minutes is not None]
     return [f"{title}: {', '.join(items)}" for title, items in ((GT_WITHOUT_POS_TEXT, shares), (TIME_TEXT, times))
             if items]
 
@@ -101,7 +102,7 @@ def _row_figures(rows: list[TableRow]) -> list[str]:
 def _footnotes(table: Table) -> list[str]:
     rows = [r for p in table.parts for _, rs in p.groups for r in rs]
     shown = [r.values[m] for r in rows if r.status in ("done", "partial") for m in table.metrics]
-    notes = []
+    notes = [f"{', '.join(table.metrics)}: in % (the evaluation's fractions x 100)"] if shown else []
     if any(c.half is not None for c in shown):
         notes.append(f"± {LEVEL:.0%} confidence half-width over the finished seeds (Student t)")
     if any(c.n == 1 for c in shown):

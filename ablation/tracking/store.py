@@ -72,12 +72,17 @@ def _safe_folder_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "experiment"
 
 
+def sqlite_file(tracking_uri: str) -> Path | None:
+    """The file of a local SQLite store (`sqlite:///PATH`), None for any other store."""
+    if urlparse(tracking_uri).scheme != "sqlite" or not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(unquote(tracking_uri[len("sqlite:///"):].split("?", 1)[0]))
+
+
 def store_exists(tracking_uri: str) -> bool:
     """False for a SQLite store whose file is missing (reading it would create it)."""
-    if urlparse(tracking_uri).scheme != "sqlite" or not tracking_uri.startswith("sqlite:///"):
-        return True
-    path = unquote(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
-    return Path(path).exists()
+    path = sqlite_file(tracking_uri)
+    return path is None or path.exists()
 
 
 def ensure_store(uri: str) -> None:
@@ -163,5 +168,5 @@ def git_info(repo_dir: Path | None = None) -> dict[str, str]:
     }
 
 
-__all__ = ["workspace_dir", "resolve_tracking_uri", "artifact_root", "store_exists", "ensure_store",
+__all__ = ["workspace_dir", "resolve_tracking_uri", "artifact_root", "sqlite_file", "store_exists", "ensure_store",
            "ensure_experiment", "git_info", "EXPERIMENT_KIND_TAG", "EXPERIMENT_KIND"]

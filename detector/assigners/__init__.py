@@ -1,6 +1,6 @@
 """Label assigners: which anchors are positives, negatives or ignored for which GT.
 
-Each assigner is one module (its config dataclass beside its function); `detector.methods.METHODS`
+Each assigner is one module (its config section in `detector/config/assign_sections.py`); `detector.methods.METHODS`
 says which method uses which. `assign()` is the one entry point: it runs a given assign function
 with that method's config over a batch, in chunks of images when the batch is large, and marks
 crowd-covered background anchors IGNORE.

@@ -13,21 +13,12 @@ No forced positives: a GT may end with none (e.g. a tiny box no candidate centre
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
 from detector.assigners.base import BG, AssignInputs, AssignResult, empty_result
 from detector.boxes import batched_box_iou, box_centers, point_box_distances
-
-
-@dataclass
-class ATSSConfig:
-    """ATSS's one hyperparameter k (9 in the paper) and the centre test's margin."""
-
-    topk: int = 9
-    center_eps: float = 0.01  # anchor centre must lie more than this many pixels inside the GT
+from detector.config.assign_sections import ATSSConfig  # public here too: its section
 
 
 def nearest_anchors(gt_ctr: Tensor, anchor_ctr: Tensor, num_per_level: list[int], k_per_level: int) -> Tensor:

@@ -10,26 +10,12 @@ of this variant was released, so where it sits is inferred). Threshold 0 keeps e
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 
 from detector.assigners.base import AssignInputs, AssignResult
-from detector.assigners.fcos import TIE_TOLERANCE, FCOSConfig, assign_points
+from detector.assigners.fcos import TIE_TOLERANCE, assign_points
 from detector.boxes import centerness
-
-
-@dataclass
-class CenternessThresholdConfig(FCOSConfig):
-    """The centerness threshold c (0.35: the paper's best on VOC, Table 2) on top of the FCOS candidates."""
-
-    threshold: float = 0.35
-
-    def check(self) -> None:
-        super().check()
-        if not (math.isfinite(self.threshold) and 0.0 <= self.threshold < 1.0):
-            raise ValueError(f"threshold must be in [0, 1) (1 keeps no point), got {self.threshold}")
+from detector.config.assign_sections import CenternessThresholdConfig  # public here too: its section
 
 
 @torch.no_grad()

@@ -21,7 +21,6 @@ Dimensions: B images, M padded GTs, A points (all levels).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -29,35 +28,13 @@ from torch import Tensor
 
 from detector.assigners.base import BG, AssignInputs, AssignResult, empty_result
 from detector.boxes import box_area, box_centers, point_box_distances, pseudo_iou
+from detector.config.assign_sections import FCOSConfig  # public here too: its section
 
 # Rules compare float64 values with their threshold; values within this of it are ties, decided by the
 # strict comparison of the paper (a tie is not above the threshold). On boxes aligned with the stride grid
 # exact ties occur (pIoU = 0.4 exactly, REFERENCE_NOTES 8.8), and float rounding would otherwise decide them
 # either way; the official float32 computation scores them "not above" too.
 TIE_TOLERANCE = 1e-9
-
-
-@dataclass
-class FCOSConfig:
-    """FCOS candidates (the AF-baseline's whole config; the other point rules extend it). Defaults: the
-    official Pseudo-IoU head's (mmdetection FCOS without centre sampling)."""
-
-    # The L - 1 bounds between the L levels' ranges of max(l, t, r, b), in pixels of the network input:
-    # level 0 takes (-inf, b0], level l [b_{l-1}, b_l], the last [b_{L-2}, inf). The paper's at 800 px
-    # ((-1, 64), (64, 128), (128, 256), (256, 512), (512, inf)) are 8 x the strides of P3-P6. Scale rule: for a
-    # dataset's images scaled by f (same strides), f x these keep each object on its 800 px level. The quick
-    # profile keeps them as they are: its 320 px benchmark sizes objects against the unscaled strides and anchors.
-    size_bounds: list[float] = field(default_factory=lambda: [64.0, 128.0, 256.0, 512.0])
-    center_sampling: bool = False  # mmdetection's centre sampling (step 2); off in the official Pseudo-IoU head
-    center_radius: float = 1.5  # half-size of the centre box in strides (mmdetection's `center_sample_radius`)
-
-    def check(self) -> None:
-        """Raise ValueError (one line, naming the field) for settings the candidates cannot work with."""
-        bounds = self.size_bounds
-        if any(not (math.isfinite(b) and b > 0) for b in bounds) or any(b >= c for b, c in zip(bounds, bounds[1:])):
-            raise ValueError(f"size_bounds must be positive and strictly increasing, got {bounds}")
-        if not (math.isfinite(self.center_radius) and self.center_radius > 0):
-            raise ValueError(f"center_radius must be > 0, got {self.center_radius}")
 
 
 def point_levels(inputs: AssignInputs) -> Tensor:

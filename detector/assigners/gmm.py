@@ -53,6 +53,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from detector.config.assign_sections import GMM_INITS  # public here too
+
 LOG_2PI = math.log(2 * math.pi)
 EPS_FACTOR = 10  # sklearn adds 10 * finfo(dtype).eps to every nk
 # Two log-probabilities within this of each other are tied: a sample's two log posteriors (then `predict`
@@ -61,7 +63,6 @@ EPS_FACTOR = 10  # sklearn adds 10 * finfo(dtype).eps to every nk
 # the posteriors differ by ~1e-13 in float64, and which side rounding falls on differs between
 # implementations and versions. Below float32's resolution: a float32 fit has only exact ties.
 LOG_TIE = 1e-9
-GMM_INITS = ("official", "data")  # the initial variances: 1, or from the scores (step 1 above)
 
 
 @dataclass

@@ -16,24 +16,11 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from detector.assigners.base import BG, IGNORE, AssignInputs, AssignResult, empty_result
 from detector.boxes import batched_box_iou
-
-LOW_QUALITY_RULES = ("torchvision", "mmdet", "off")
-
-
-@dataclass
-class MaxIoUConfig:
-    """RetinaNet's thresholds (Lin et al., 2017, Sec. 4) and the low-quality rule."""
-
-    pos_iou: float = 0.5
-    neg_iou: float = 0.4
-    low_quality: str = "torchvision"  # one of LOW_QUALITY_RULES (step 3 of the module doc)
-
+from detector.config.assign_sections import LOW_QUALITY_RULES, MaxIoUConfig  # public here too: its section
 
 @torch.no_grad()
 def assign_max_iou(inputs: AssignInputs, cfg: MaxIoUConfig) -> AssignResult:

@@ -39,10 +39,10 @@ from torch import Tensor
 from detector.assigners.base import BG, IGNORE, AssignInputs, AssignResult, empty_result
 from detector.assigners.gmm import LOG_TIE, GMMFit, fit_gmm  # public here too: detector.assigners.paa.fit_gmm
 from detector.assigners.paa_candidates import INF, level_groups, candidate_rows, needed_scores
-from detector.assigners.paa_config import PAAConfig  # public here too: the config beside its assigner
 from detector.assigners.paa_details import PAADetails
 from detector.assigners.paa_score import AnchorScorer
 from detector.assigners.pairs import Pairs, overlapping_pairs
+from detector.config.assign_sections import PAAConfig  # public here too: its section
 
 
 def first_matching(pairs: Pairs, batch: int, num_gts: int, num_anchors: int, cfg: PAAConfig) -> tuple[Tensor, Tensor]:

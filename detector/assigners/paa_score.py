@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from detector.assigners.base import AssignInputs
-from detector.assigners.paa_config import PAAConfig
 from detector.boxes import aligned_giou
+from detector.config.assign_sections import PAAConfig
 
 SCORE_CHUNK = 2048  # anchors scored at once; a speed knob only, results do not depend on it
 

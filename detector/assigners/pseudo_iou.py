@@ -14,27 +14,12 @@ axis and |dx|/w = |dy|/h < 0.244 on the diagonal.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 
 from detector.assigners.base import AssignInputs, AssignResult
-from detector.assigners.fcos import TIE_TOLERANCE, FCOSConfig, assign_points
+from detector.assigners.fcos import TIE_TOLERANCE, assign_points
 from detector.boxes import pseudo_iou
-
-
-@dataclass
-class PseudoIoUConfig(FCOSConfig):
-    """The Pseudo-IoU threshold (0.4: the official COCO configs, and the paper's best on VOC, Table 1a) on top of
-    the FCOS candidates."""
-
-    threshold: float = 0.4
-
-    def check(self) -> None:
-        super().check()
-        if not (math.isfinite(self.threshold) and 0.0 <= self.threshold < 1.0):
-            raise ValueError(f"threshold must be in [0, 1) (1 keeps no point), got {self.threshold}")
+from detector.config.assign_sections import PseudoIoUConfig  # public here too: its section
 
 
 @torch.no_grad()

@@ -9,26 +9,12 @@ of this variant was released, so where it sits is inferred). Scale 1 keeps every
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
 from detector.assigners.base import AssignInputs, AssignResult
-from detector.assigners.fcos import TIE_TOLERANCE, FCOSConfig, assign_points
-
-
-@dataclass
-class ScaledBoxConfig(FCOSConfig):
-    """The box scale s (0.6: the paper's best on VOC, Table 2) on top of the FCOS candidates."""
-
-    scale: float = 0.6
-
-    def check(self) -> None:
-        super().check()
-        if not (math.isfinite(self.scale) and 0.0 < self.scale <= 1.0):
-            raise ValueError(f"scale must be in (0, 1], got {self.scale}")
+from detector.assigners.fcos import TIE_TOLERANCE, assign_points
+from detector.config.assign_sections import ScaledBoxConfig  # public here too: its section
 
 
 def relative_offset(ltrb: Tensor) -> Tensor:

@@ -13,11 +13,11 @@ from typing import Any
 
 import yaml
 
-from detector.assigners.max_iou import LOW_QUALITY_RULES
+from detector.config.assign_sections import LOW_QUALITY_RULES
+from detector.config.method_specs import METHOD_SPECS, SCORE_FUSIONS, method_config
 from detector.config.ranges import check_ranges
 from detector.config.schema import Config
-from detector.methods import METHODS, SCORE_FUSIONS, method_config
-from detector.model.anchors import anchors_per_location
+from detector.config.sections import anchors_per_location
 
 
 class ConfigError(ValueError):
@@ -176,8 +176,8 @@ def check_delta(data: dict) -> None:
 
 
 def _check(cfg: Config) -> None:
-    if cfg.assign.name not in METHODS:  # read now, not at import: a test may add a method
-        raise ConfigError(f"assign.name: '{cfg.assign.name}' is not one of {', '.join(METHODS)}")
+    if cfg.assign.name not in METHOD_SPECS:  # read now, not at import: a test may add a method
+        raise ConfigError(f"assign.name: '{cfg.assign.name}' is not one of {', '.join(METHOD_SPECS)}")
     try:
         check_ranges(cfg)  # every number of the shared sections (`ranges.RANGES`), before the rules between them
     except ValueError as exc:
@@ -217,7 +217,7 @@ def _check(cfg: Config) -> None:
         edges = getattr(cfg.eval, key)
         if len(edges) != 2 or edges[0] >= edges[1]:
             raise ConfigError(f"eval.{key}: expected two increasing edges [e0, e1] (three buckets), got {edges}")
-    if METHODS[cfg.assign.name].box_coding == "ltrb":
+    if METHOD_SPECS[cfg.assign.name].box_coding == "ltrb":
         _check_points(cfg)
 
 

@@ -1,9 +1,7 @@
 """The shared config sections: dataclasses with the papers' defaults, importing nothing from `detector`.
 
-Every method's own section (`assign.<method>`) is defined beside its code and joined into `AssignConfig` by
-`detector.config.schema`. Modules that `detector.methods` imports (assigners, losses, anchors) must not import
-anything under `detector.config` at run time: that package assembles `AssignConfig` from `METHODS`, so
-importing it imports them. They name these sections in annotations only (under `TYPE_CHECKING`).
+Every method's own section (`assign.<method>`) is in `assign_sections.py`, joined into `AssignConfig` by
+`detector.config.schema`. Like the whole package, nothing here imports torch.
 
 Defaults are the papers' settings (ResNet-50, 800 px, 1x schedule at 16 images per batch); the CPU
 profile lives in `studies/configs/quick.yaml`.
@@ -89,6 +87,12 @@ class AnchorConfig:
     scales_per_octave: int = 1
     aspect_ratios: list[float] = field(default_factory=lambda: [1.0])
     center_offset: float = 0.5  # anchor centre at (i + offset) * stride
+
+
+def anchors_per_location(cfg: AnchorConfig) -> int:
+    """Anchors at one location (aspect ratios x octave scales); here, not in `detector.model.anchors`, because the
+    validator needs it without torch."""
+    return len(cfg.aspect_ratios) * cfg.scales_per_octave
 
 
 @dataclass

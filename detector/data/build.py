@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from detector.config import Config
-from detector.data.coco import CocoDetection
+
+if TYPE_CHECKING:  # `dataset_paths` needs no torch (a study's table reads its val file)
+    from detector.data.coco import CocoDetection
 
 
 def dataset_paths(cfg: Config, workspace: Path, progress=None) -> dict[str, Path]:
@@ -27,6 +30,8 @@ def dataset_paths(cfg: Config, workspace: Path, progress=None) -> dict[str, Path
 
 
 def build_datasets(cfg: Config, workspace: Path, progress=None) -> tuple[CocoDetection, CocoDetection]:
+    from detector.data.coco import CocoDetection
+
     paths = dataset_paths(cfg, workspace, progress)
     train = CocoDetection(paths["train_images"], paths["train_json"], cfg.data, train=True)
     val = CocoDetection(paths["val_images"], paths["val_json"], cfg.data, train=False, categories=train.categories)

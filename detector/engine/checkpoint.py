@@ -23,16 +23,12 @@ from typing import Any
 import torch
 
 from detector.config import Config, config_to_dict, flatten
+from detector.engine.checkpoint_errors import CheckpointError  # public here too
 from detector.files import atomic_write
 from detector.run_key import run_key
 
 LAST = "last.pt"
 log = logging.getLogger("anchorlab")
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used (missing, empty, damaged, refused, of another config) or a checkpoint
-    folder in use by another training; the message is one line naming the file or folder."""
 
 
 @contextlib.contextmanager

@@ -4,12 +4,7 @@ from __future__ import annotations
 import torch
 
 from detector.assigners.base import IGNORE, AssignResult
-
-# Logged once at the end of a run: the mean over its logged iterations of "assign/gt_without_pos".
-GT_WITHOUT_POS_MEAN = "assign/gt_without_pos_mean"
-# training + evaluation seconds of a finished run over all its processes, each counted up to its last checkpoint
-# (work a kill threw away is not counted): what the run costs uninterrupted; logged once at the end
-RUN_SECONDS = "time/run_s"
+from detector.engine.hooks import GT_WITHOUT_POS_MEAN, RUN_SECONDS  # public here too: the run-level metrics
 
 
 def positives_per_gt(result: AssignResult, gt_valid) -> torch.Tensor:

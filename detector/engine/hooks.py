@@ -7,6 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# Two scalars a run reports once, at its end, through `on_iteration` (names here, in a module without torch,
+# because the study tables read them):
+# the mean over its logged iterations of "assign/gt_without_pos" (a share in [0, 1]);
+GT_WITHOUT_POS_MEAN = "assign/gt_without_pos_mean"
+# training + evaluation seconds of a finished run over all its processes, each counted up to its last checkpoint
+# (work a kill threw away is not counted): what the run costs uninterrupted.
+RUN_SECONDS = "time/run_s"
+
 
 class TrainHooks:
     def on_start(self, config: dict, workdir: Path, start_iteration: int) -> None:

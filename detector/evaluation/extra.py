@@ -19,24 +19,14 @@ the two modules' docstrings):
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import Tensor
+from detector.evaluation.buckets import bucket_aps
+from detector.evaluation.extra_names import (METRIC_NAMES, NR_NAMES, NR_THRESHOLDS, SWITCHES,  # public here too
+                                             metric_names, switch_of)
 
-from detector.evaluation.buckets import ASPECT_NAMES, CROWD_NAMES, bucket_aps
-from detector.evaluation.nms_recall import METRIC_NAMES as NR_NAMES, nms_recall
-
-SWITCHES: dict[str, tuple[str, ...]] = {"nms_recall": NR_NAMES, "aspect_ap": ASPECT_NAMES, "crowd_ap": CROWD_NAMES}
-METRIC_NAMES = tuple(name for names in SWITCHES.values() for name in names)
-
-
-def metric_names(eval_cfg) -> tuple[str, ...]:
-    """The optional metric names that an `EvalConfig` makes an evaluation report."""
-    return tuple(name for switch, names in SWITCHES.items() if getattr(eval_cfg, switch) for name in names)
-
-
-def switch_of(metric: str) -> str:
-    """The `eval` field that computes the optional `metric` (e.g. "aspect_ap" for "AP_slender")."""
-    return next(switch for switch, names in SWITCHES.items() if metric in names)
+if TYPE_CHECKING:  # annotation only: `extra_metrics` runs where torch is loaded anyway
+    from torch import Tensor
 
 
 def extra_metrics(gt: str | Path, results: list[dict], image_ids: list[int], eval_cfg,
@@ -52,6 +42,8 @@ def extra_metrics(gt: str | Path, results: list[dict], image_ids: list[int], eva
     if eval_cfg.nms_recall:
         if overlaps is None:
             raise ValueError("eval.nms_recall: needs the per-GT overlaps before and after NMS from the model")
+        from detector.evaluation.nms_recall import nms_recall  # needs torch: imported where it runs
+
         out.update(nms_recall(overlaps))
     if eval_cfg.aspect_ap or eval_cfg.crowd_ap:
         out.update(bucket_aps(gt, results, image_ids,
@@ -60,4 +52,4 @@ def extra_metrics(gt: str | Path, results: list[dict], image_ids: list[int], eva
     return out
 
 
-__all__ = ["SWITCHES", "METRIC_NAMES", "metric_names", "switch_of", "extra_metrics"]
+__all__ = ["SWITCHES", "METRIC_NAMES", "NR_NAMES", "NR_THRESHOLDS", "metric_names", "switch_of", "extra_metrics"]

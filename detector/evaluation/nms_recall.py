@@ -47,10 +47,9 @@ from torchvision.ops import batched_nms, box_iou
 from detector.box_coder import Coder
 from detector.config import InferenceConfig
 from detector.model.head import HeadOutput
+from detector.evaluation.extra_names import NR_NAMES as METRIC_NAMES, NR_THRESHOLDS as THRESHOLDS  # public here too
 from detector.postprocess import candidates
 
-THRESHOLDS = tuple(round(0.50 + 0.05 * i, 2) for i in range(9))  # 0.50, 0.55, ..., 0.90
-METRIC_NAMES = ("NR", *(f"NR{round(100 * t)}" for t in THRESHOLDS))
 
 
 @torch.no_grad()

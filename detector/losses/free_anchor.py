@@ -33,7 +33,6 @@ Deviations from the official code, and why:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
@@ -43,49 +42,14 @@ from torch import Tensor
 from torchvision.ops import box_iou
 
 from detector.boxes import box_area
+from detector.config.assign_sections import EMPTY_BATCH_RULES, FreeAnchorConfig  # public here too: its section
 
 if TYPE_CHECKING:  # annotation only: detector.methods imports this module
     from detector.box_coder import Coder
 
-EMPTY_BATCH_RULES = ("images", "official")
 # The official clamps: t2 - t >= SATURATION_EPS (its t2.clamp(min=t + 1e-12)); Mean-max clip(1 - x, MEAN_MAX_EPS).
 SATURATION_EPS = 1e-12
 MEAN_MAX_EPS = 1e-12
-
-
-@dataclass
-class FreeAnchorConfig:
-    """FreeAnchor's loss (Zhang et al., NeurIPS 2019); defaults are the official `_C.FREEANCHOR` and config."""
-
-    bag_size: int = 50  # PRE_ANCHOR_TOPK: anchors per object's bag, top anchor IoU over all levels
-    iou_threshold: float = 0.6  # BBOX_THRESHOLD t: P{a_j -> b_i} is 0 at predicted IoU <= t
-    bbox_reg_weight: float = 0.75  # BBOX_REG_WEIGHT: P_loc = exp(-this x sum of the smooth-L1 over the 4 deltas)
-    smooth_l1_beta: float = 0.11  # BBOX_REG_BETA
-    alpha: float = 0.5  # FOCAL_LOSS_ALPHA: weight of the positive term; the negative one gets 1 - alpha
-    gamma: float = 2.0  # FOCAL_LOSS_GAMMA of the negative term
-    empty_batch: str = "images"  # negative normaliser of a batch without objects: one of EMPTY_BATCH_RULES
-
-    def check(self) -> None:
-        """Raise ValueError (one line, naming the field) for settings the loss cannot run with."""
-        numbers = ("iou_threshold", "bbox_reg_weight", "smooth_l1_beta", "alpha", "gamma")
-        for name in numbers:
-            if isinstance(getattr(self, name), bool) or not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
-        if self.empty_batch not in EMPTY_BATCH_RULES:
-            raise ValueError(f"empty_batch '{self.empty_batch}' is not one of {', '.join(EMPTY_BATCH_RULES)}")
-        if isinstance(self.bag_size, bool) or self.bag_size < 1:
-            raise ValueError(f"bag_size must be >= 1, got {self.bag_size}")
-        if not 0.0 <= self.iou_threshold < 1.0:  # t = 1 leaves every P{a_j -> b_i} at 0
-            raise ValueError(f"iou_threshold must be in [0, 1), got {self.iou_threshold}")
-        if not self.bbox_reg_weight >= 0.0:
-            raise ValueError(f"bbox_reg_weight must be >= 0, got {self.bbox_reg_weight}")
-        if not self.smooth_l1_beta > 0.0:  # the smooth-L1 divides by it
-            raise ValueError(f"smooth_l1_beta must be > 0, got {self.smooth_l1_beta}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-        # d(p^gamma)/dp is infinite at p = 0 for 0 < gamma < 1, and p = 0 at each object's best anchor
-        if not (self.gamma == 0.0 or self.gamma >= 1.0):
-            raise ValueError(f"gamma must be 0 or >= 1, got {self.gamma}")
 
 
 class _StraightThroughClamp(torch.autograd.Function):

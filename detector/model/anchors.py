@@ -14,12 +14,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:  # annotations only: detector.methods imports this module, and detector.config imports it
+from detector.config.sections import anchors_per_location  # public here too: the grid's own count
+
+if TYPE_CHECKING:  # annotations only
     from detector.config.sections import AnchorConfig
-
-
-def anchors_per_location(cfg: AnchorConfig) -> int:
-    return len(cfg.aspect_ratios) * cfg.scales_per_octave
 
 
 def base_anchors(stride: int, cfg: AnchorConfig) -> Tensor:
