@@ -22,7 +22,6 @@ against the val annotation file its config resolves to (for the bootstrap over v
 """
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import queue as std_queue
@@ -31,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ablation.execution.per_image import per_image_matches, workspace_detections  # noqa: F401 (re-exported)
 from ablation.execution.queue import DEFAULT_HEARTBEAT_S, WorkQueue, default_storage
 from ablation.processes import HOST, pid_alive
 from ablation.study.expand import StudyRun, expand, spec_hash
@@ -43,9 +43,6 @@ from ablation.tracking.store import ensure_store, resolve_tracking_uri, workspac
 from ablation.tracking.summary import log_study_summary
 from ablation.tracking.views import ensure_rows_view
 from detector.config import config_to_dict
-from detector.data.build import dataset_paths
-from detector.evaluation.bootstrap import ImageMatches, load_gt, match_detections
-from detector.run_key import run_dir
 
 PARENT_WAIT_S = 120.0  # how long a launcher waits for the queue's creator to make the parent run
 JOIN_TIMEOUT_S = 30.0
@@ -335,44 +332,6 @@ def _table(study: Study, profile: str, uri: str, ws: Path) -> Table:
     frame = reader.runs_frame(uri, study.name, ROWS_FILTER)
     return build_table(study, profile, frame, per_image_matches(study, profile, frame, uri, ws)
                        if study.baseline is not None else None)
-
-
-def per_image_matches(study: Study, profile: str, frame, uri: str, ws: Path) -> dict[str, ImageMatches]:
-    """run id -> its detections matched per image (`detector.evaluation.bootstrap`), for each finished run of
-    the profile that kept its detections; the GT is the val annotation file of the run's config. Runs
-    without detections, or whose detections do not fit that file, are left out ("no per-image data")."""
-    records = reader.by_key(frame)
-    gts: dict[Path, dict] = {}
-    out: dict[str, ImageMatches] = {}
-    for run in expand(study, profile):
-        rec = records.get(run.key)
-        if rec is None or rec.status != "FINISHED" or rec.run_id in out:
-            continue
-        detections = workspace_detections(ws, rec)
-        try:
-            detections = reader.run_detections(uri, rec.run_id) if detections is None else detections
-        except reader.RunNotFound:  # the source of a link run was deleted
-            continue
-        if detections is None:
-            continue
-        gt_path = dataset_paths(run.config, ws)["val_json"]
-        if not gt_path.is_file():
-            continue
-        if gt_path not in gts:
-            gts[gt_path] = load_gt(gt_path)
-        try:
-            out[rec.run_id] = match_detections(gts[gt_path], detections)
-        except ValueError:  # detections of images the val file lacks: another val set
-            continue
-    return out
-
-
-def workspace_detections(ws: Path, rec: reader.RunRecord) -> list[dict] | None:
-    """The final evaluation's detections kept in this workspace by the run that trained `rec` (a link run's
-    source): `checkpoints/<key>/<run id>/eval/`, the file MLflow holds a copy of. None when that folder is
-    not here (trained in another workspace): MLflow's copy is read then, which loads mlflow (1.5-3 s)."""
-    path = run_dir(ws, rec.key, rec.reused_from or rec.run_id) / reader.DETECTIONS_ARTIFACT  # same path in both
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _stop(procs) -> None:
