@@ -60,12 +60,12 @@ def test_study_into_a_pipe_prints_progress_lines_per_run_and_for_the_study(tmp_p
     out = _cli(["study", "run", str(study), "--profile", "smoke", "--workspace", str(workspace),
                 "--progress-every", "0.2"])
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    lines = _training_lines(out.stdout, "A [seed 0]")
+    lines = _training_lines(out.stdout, "A · seed 0")
     assert lines, out.stdout
     assert all(m["total"] == "150" and float(m["rate"]) > 0 for m in lines)
     assert re.search(r"progress +study demo \[smoke\]: 0 done · 1 running · 0 failed · 0 pending · elapsed \d+:\d\d · "
                      r"ETA", out.stdout)
-    assert re.search(r"finished +A \[seed 0\]  AP \d+\.\d%", out.stdout)  # a percentage, said so
+    assert re.search(r"finished +A · seed 0  AP \d+\.\d%", out.stdout)  # a percentage, said so
 
 
 def test_progress_fields_and_rate():
@@ -119,7 +119,7 @@ def test_the_study_display_prints_periodic_lines_into_a_log_and_worker_lines_abo
     display.handle((0, "log", {"text": "WARNING something"}))
     display.stop()
     text = buffer.getvalue()
-    assert "progress    A [seed 0]  it 4/10 (40%)  loss 0.750" in text and "progress    study demo [smoke]:" in text
+    assert "progress    A · seed 0  it 4/10 (40%)  loss 0.750" in text and "progress    study demo [smoke]:" in text
     assert "  worker 0: WARNING something\n" in text
 
     display, buffer = _display(terminal=True)  # a live panel: the line is printed above it, whole

@@ -27,6 +27,7 @@ class ProgressDisplay:
         self.live = None
         self.every_s = default_every_s() if every_s is None else every_s
         self.every: Every | None = None
+        self.names: dict[str, str] = {}  # key -> run name, from workers' start events
 
     def start(self, study: Study, profile: str, entries: list[PlanEntry], n_workers: int) -> None:
         from rich.live import Live
@@ -50,13 +51,16 @@ class ProgressDisplay:
 
     def _name(self, key: str) -> str:
         run = self.runs.get(key)
-        return run.run_name if run else key
+        # a run this invocation did not plan (another --seeds' item left in the shared queue) is named by its item
+        return run.run_name if run else self.names.get(key, key)
 
     def handle(self, event) -> None:
         index, kind, data = event
         key = data.get("key", "")
         now = time.monotonic()
         if kind == "start":
+            if data.get("name"):
+                self.names[key] = data["name"]
             self.state[key] = "running"
             self.workers[index] = {"key": key, "it": 0, "total": data["total"], "phase": "train", "rate": 0.0,
                                    "t": now, "it0": None, "loss": None}

@@ -147,7 +147,7 @@ def run_item(q: WorkQueue, claim, args: WorkerArgs, emit) -> bool:
         q.finish(claim, TrialState.FAIL, f"invalid config: {exc}")
         emit("end", key=key, status="FAILED", reason=f"invalid config: {exc}", ap=None)
         return True
-    emit("start", key=key, total=config.train.iterations)
+    emit("start", key=key, total=config.train.iterations, name=item["run_name"])
     ok = True
     try:
         with rank_group(config, args.workspace, args.procs_per_run, max(1, args.threads // args.procs_per_run)) as config:
