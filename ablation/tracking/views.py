@@ -6,7 +6,7 @@ experiment tags `mlflow.sharedViewState.<id>` holding {name, createdAt, updatedA
 "Views", and opens one from a link with `?viewStateShareKey=<id>`. Its state holds the runs' filter and
 order (`searchFilter`, `orderByKey`, `orderByAsc`) and the table's look (`selectedColumns`, ...), in the UI's own
 names (`metrics.\\`val/AP\\``). The view written here lists the study's rows (tag role=row, of one profile or of
-all), best AP first, with the columns row, method, seed and the study's metrics. Filtering on the rows alone also
+all), best AP first, with the columns row, method, seed and the study's first metric. Filtering on the rows alone also
 unfolds them: a child whose parent is not in the list is shown at the top level.
 
 What a view cannot preset (the UI drops these keys from a shared view): which parent runs are expanded, pinned or
@@ -35,8 +35,10 @@ def view_state(profile: str | None, metrics: list[str]) -> dict:
     """The UI state of the rows view (module doc): filter, order and columns."""
     search = "tags.role = 'row'" + (f" and tags.profile = '{profile}'" if profile else "")
     tags = ROW_TAGS if profile else (*ROW_TAGS, "profile")
+    # One metric column: MLflow puts metric columns before tag columns whatever the view says, so every further
+    # metric pushes row / method / seed off a laptop screen (the study's other metrics are one click away)
     return {"searchFilter": search, "orderByKey": _col("metrics", f"val/{metrics[0]}"), "orderByAsc": False,
-            "selectedColumns": [_col("tags", t) for t in tags] + [_col("metrics", f"val/{m}") for m in metrics]}
+            "selectedColumns": [_col("tags", t) for t in tags] + [_col("metrics", f"val/{metrics[0]}")]}
 
 
 def ensure_rows_view(tracking_uri: str, experiment_id: str, profile: str | None, metrics: list[str]) -> str | None:
