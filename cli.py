@@ -308,6 +308,9 @@ def study_run(
     typer.echo(f"{counts}; tracked in {result.tracking_uri} (experiment '{result.experiment}', parent run "
                f"{result.parent_run_id})")
     typer.echo(ui_hint(file, profile, workspace, tracking_uri, result.tracking_uri, result.experiment, study.metrics))
+    report = ["anchorlab", "report", str(file), "--profile", profile] + (["--workspace", str(workspace)] if workspace
+                                                                          else [])
+    typer.echo(f"its figures on one HTML page: {shlex.join(report)}")
     if result.interrupted:
         typer.echo("interrupted: run the same command again to resume")
         raise typer.Exit(130)

@@ -66,6 +66,7 @@ def test_study_into_a_pipe_prints_progress_lines_per_run_and_for_the_study(tmp_p
     assert re.search(r"progress +study demo \[smoke\]: 0 done · 1 running · 0 failed · 0 pending · elapsed \d+:\d\d · "
                      r"ETA", out.stdout)
     assert re.search(r"finished +A · seed 0  AP \d+\.\d%", out.stdout)  # a percentage, said so
+    assert f"its figures on one HTML page: anchorlab report {study} --profile smoke --workspace {workspace}" in out.stdout
 
 
 def test_progress_fields_and_rate():
