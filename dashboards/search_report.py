@@ -7,7 +7,8 @@ the store holds, logs both to it under `report/`. The report holds:
 
 * the counts of complete / pruned / failed trials (`run.search_result`, whose rules it shares) and the mean
   iterations trained by complete vs. pruned trials (trial attribute `step`; a pruned trial without it: the
-  last step it reported; reused runs, which trained nothing here, are left out);
+  last step it reported; reused runs, which trained nothing here, are left out), and the training time pruning
+  saved (`pruning_saved`: each pruned trial counted at the complete trials' mean wall time);
 * the best trials as a table (single objective: the top `TOP` complete ones; two objectives: the Pareto front);
 * the fANOVA importance ranking (or why there is none);
 * the rerun table, from the result `search run` stored on the parent (`rerun.RERUN_JSON`: each candidate's
@@ -102,6 +103,18 @@ def mean_steps(study, result: SearchResult) -> dict[str, tuple[float, int]]:
     return out
 
 
+def pruning_saved(result: SearchResult) -> tuple[float, float, int] | None:
+    """(seconds pruning saved, seconds the trials took, pruned trials counted): each pruned trial that trained here
+    would have taken the mean wall time of the complete ones that trained here; None without both kinds."""
+    ran = [r for r in result.trials if r.reused_from is None and r.wall_s]
+    complete = [r.wall_s for r in ran if r.state == "COMPLETE"]
+    pruned = [r.wall_s for r in ran if r.state == "PRUNED"]
+    if not complete or not pruned:
+        return None
+    full = sum(complete) / len(complete)
+    return sum(max(0.0, full - w) for w in pruned), sum(complete) + sum(pruned), len(pruned)
+
+
 def best_table(search: Search, result: SearchResult) -> list[str]:
     """The best trials as markdown rows (module doc)."""
     metrics = [o.metric for o in search.objectives]
@@ -157,6 +170,11 @@ def build_report(search: Search, profile: str, study, location: str, workspace=N
               + f" (the file's budget: {search.trials})"]
     for state, (mean, n) in mean_steps(study, result).items():
         lines.append(f"- {state.lower()} trials trained {mean:.0f} iterations on average ({n} trials)")
+    saved = pruning_saved(result)
+    if saved is not None:
+        lines.append(f"- pruning saved about {saved[0] / 60:.0f} min of training time: the trials took {saved[1] / 60:.0f} "
+                     f"min, {100 * saved[0] / (saved[0] + saved[1]):.0f}% less than without pruning ({saved[2]} pruned "
+                     "trials, each counted at the mean time of the complete ones)")
     lines += ["", "## Best trials" if len(search.objectives) == 1 else "## Pareto front", ""]
     lines += best_table(search, result) if result.best else ["no complete trial yet"]
     lines += ["", "## Parameter importances (fANOVA)", ""]

@@ -254,3 +254,18 @@ def test_report_reads_reruns_and_is_logged_to_the_parent(tmp_path):
     local = mlflow.artifacts.download_artifacts(run_id=parent, artifact_path="report/report.md",
                                                 dst_path=str(tmp_path / "dl"), tracking_uri=uri)
     assert Path(local).read_text() == md
+
+
+def test_pruning_saved_counts_each_pruned_trial_at_the_complete_trials_mean_time():
+    from ablation.search.run import SearchResult, TrialRecord
+    from dashboards.search_report import pruning_saved
+
+    def rec(n, state, wall, reused=None):
+        return TrialRecord(n, state, {}, [1.0], f"r{n}", wall_s=wall, reused_from=reused)
+
+    trials = [rec(0, "COMPLETE", 300.0), rec(1, "COMPLETE", 340.0), rec(2, "PRUNED", 100.0),
+              rec(3, "PRUNED", 400.0), rec(4, "COMPLETE", None, reused="x"), rec(5, "PRUNED", 50.0, reused="y")]
+    result = SearchResult("s", "smoke", "s:smoke", "j", "p", "u", 6, trials, [])
+    saved, took, n = pruning_saved(result)
+    assert (saved, took, n) == (220.0, 1140.0, 2)  # 320 - 100, and a pruned trial slower than the mean saves 0
+    assert pruning_saved(SearchResult("s", "smoke", "s:smoke", "j", "p", "u", 2, trials[:2], [])) is None
