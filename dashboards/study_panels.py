@@ -178,7 +178,7 @@ def _values(data: ReportData, names: tuple[str, ...]) -> list[tuple[str, dict[st
     for row in data.rows:
         found = {}
         for name in names:
-            by_seed = {s: 100 * r.metrics[f"val/{name}"] for s, r in row.runs.items()
+            by_seed = {s: r.metrics[f"val/{name}"] for s, r in row.runs.items()  # percent already (`reader`)
                        if r.metrics.get(f"val/{name}", -1) >= 0}
             if by_seed:
                 found[name] = _row_value(row.label, by_seed)

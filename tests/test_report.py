@@ -217,3 +217,16 @@ def test_record_names_and_figures_of_older_or_missing_data(tmp_path):
     curves = {"a": {0: [(1, 3.0), (2, 4.0)], 1: [(1, 5.0)]}, "no curve": {0: []}}
     path = plot_assignment_over_training(curves, {"a": {0: [(1, 0.1)]}}, tmp_path / "curves.png")
     assert _not_blank(Image.open(path))
+
+
+def test_the_freeanchor_panel_plots_the_tables_values_in_percent(smoke):
+    from dashboards.study_panels import _values
+    from dashboards.study_report import report_data
+
+    data = report_data(smoke.study, "smoke", smoke.ws, smoke.uri)
+    cells = {r.label: r.values for r in data.table_rows()}
+    plotted = dict(_values(data, ("NR", "AP_slender")))
+    assert plotted, "no row has NR"
+    for label, found in plotted.items():
+        for name, value in found.items():
+            assert 0 <= value.mean <= 100 and value.mean == pytest.approx(cells[label][name].mean), (label, name)
