@@ -6,6 +6,7 @@ go to stderr, so `anchorlab study table F > table.md` holds the table only.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import typer
@@ -35,6 +36,8 @@ def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
                         handlers=[_CurrentStderr()])
     logging.getLogger("anchorlab").setLevel(logging.INFO)
+    if not verbose:  # MLflow's INFO lines (creating / upgrading the store's tables) are noise in a study's output;
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported (workers too)
 
 
 def progress_every_option() -> float:
