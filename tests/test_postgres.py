@@ -95,6 +95,32 @@ def _finish(procs: list[subprocess.Popen]) -> list[str]:
     return outs
 
 
+# ---------------------------------------------------------------- opening a fresh database at once
+def _open_at_once(url: str, start, out) -> None:
+    from ablation.execution.queue import WorkQueue
+
+    start.wait()
+    try:
+        WorkQueue(url, "race.smoke")
+        out.put("ok")
+    except Exception as exc:  # noqa: BLE001 (the test reports what failed)
+        out.put(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+
+
+def test_processes_opening_a_fresh_database_at_once_all_get_the_queue(pg_url):
+    """Each creates Optuna's schema; PostgreSQL refuses all but one `CREATE TYPE`: the others open it again."""
+    ctx = multiprocessing.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_open_at_once, args=(pg_url, start, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    start.set()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert results == ["ok"] * 4, results
+
+
 # ---------------------------------------------------------------- the queue alone (no training)
 def test_concurrent_claims_on_postgres_hand_each_item_to_exactly_one_process(pg_url):
     name = "s.smoke"

@@ -67,14 +67,29 @@ def open_storage(location: str):
     return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
 
 
+SCHEMA_TRIES = 5  # processes that open a fresh database at once race to create Optuna's schema
+
+
 def rdb_storage(location: str, option: str, **kwargs):
-    """Optuna's `RDBStorage` on a database URL; a missing database driver is one line naming the extra to install."""
+    """Optuna's `RDBStorage` on a database URL; a missing database driver is one line naming the extra to install.
+
+    Two processes opening a fresh database at once both create Optuna's schema; PostgreSQL refuses the second's
+    `CREATE TYPE` / `CREATE TABLE` (a unique violation, not an "if not exists"). The loser opens it again: by
+    then the schema exists and is only checked.
+    """
     import optuna
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval's notice
-            return optuna.storages.RDBStorage(location, engine_kwargs={"pool_pre_ping": True}, **kwargs)
+        for attempt in range(SCHEMA_TRIES):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval's
+                    return optuna.storages.RDBStorage(location, engine_kwargs={"pool_pre_ping": True}, **kwargs)
+            except (IntegrityError, ProgrammingError):
+                if attempt == SCHEMA_TRIES - 1:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
     except ImportError as exc:
         driver = exc.__cause__.name if isinstance(exc.__cause__, ImportError) and exc.__cause__.name else "its driver"
         hint = ' (pip install "anchorlab[postgres]")' if location.startswith("postgres") else ""
