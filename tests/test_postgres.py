@@ -7,7 +7,6 @@ Each test gets a database of its own, dropped afterwards.
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ from ablation.execution.queue import WorkQueue
 from ablation.study.expand import expand
 from tests.conftest import TINY
 from tests.test_study import empty_store, write_study  # noqa: F401 (fixture)
-from tests.test_study_queue import _claim_all, _items
+from tests.test_study_queue import at_once, check_each_item_claimed_once
 from tests.test_study_reliability import _records, count_runs, setup  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,38 +108,13 @@ def _open_at_once(url: str, start, out) -> None:
 
 def test_processes_opening_a_fresh_database_at_once_all_get_the_queue(pg_url):
     """Each creates Optuna's schema; PostgreSQL refuses all but one `CREATE TYPE`: the others open it again."""
-    ctx = multiprocessing.get_context("spawn")
-    start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_open_at_once, args=(pg_url, start, out)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    start.set()
-    results = [out.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(30)
+    results = at_once(_open_at_once, (pg_url,), 4)
     assert results == ["ok"] * 4, results
 
 
 # ---------------------------------------------------------------- the queue alone (no training)
 def test_concurrent_claims_on_postgres_hand_each_item_to_exactly_one_process(pg_url):
-    name = "s.smoke"
-    q = WorkQueue(pg_url, name)
-    assert q.created and not WorkQueue(pg_url, name).created  # creation is atomic on the database too
-    keys = [f"k{i}" for i in range(12)]
-    q.enqueue(_items(keys))
-    q.enqueue(_items(keys[:4]))  # enqueued twice by two launchers: still run once
-    ctx = multiprocessing.get_context("spawn")
-    start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_claim_all, args=(pg_url, name, start, out)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    start.set()
-    results = [out.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(30)
-    claimed = [k for _, ks in results for k in ks]
-    assert sorted(claimed) == sorted(keys)  # every item once: none lost, none twice
-    assert len({pid for pid, _ in results}) == 2
+    check_each_item_claimed_once(pg_url, 2)
 
 
 # ---------------------------------------------------------------- a study: two launchers, one queue

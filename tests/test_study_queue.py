@@ -41,25 +41,38 @@ def _complete():
     return TrialState.COMPLETE
 
 
-def test_concurrent_claims_hand_each_run_to_exactly_one_process(tmp_path):
-    location, name = str(tmp_path / "q.journal"), "s.smoke"
+def at_once(target, args: tuple, n: int, timeout: float = 120) -> list:
+    """What `target(*args, start, out)` put on `out`, from `n` spawned processes released together."""
+    ctx = multiprocessing.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, start, out)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    start.set()
+    results = [out.get(timeout=timeout) for _ in procs]
+    for p in procs:
+        p.join(30)
+    return results
+
+
+def check_each_item_claimed_once(location: str, n_procs: int) -> None:
+    """12 items, 4 of them enqueued twice (two launchers), claimed by `n_procs` processes at once: every item
+    runs exactly once, duplicates dropped, the queue left empty (any storage: journal file or database URL)."""
+    name = "s.smoke"
     q = WorkQueue(location, name)
     assert q.created and not WorkQueue(location, name).created  # creation is atomic: one creator
     keys = [f"k{i}" for i in range(12)]
     q.enqueue(_items(keys))
     q.enqueue(_items(keys[:4]))  # a second launcher enqueued some again: duplicates must not run twice
-    ctx = multiprocessing.get_context("spawn")
-    start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_claim_all, args=(location, name, start, out)) for _ in range(3)]
-    for p in procs:
-        p.start()
-    start.set()
-    results = [out.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(30)
+    results = at_once(_claim_all, (location, name), n_procs)
     claimed = [k for _, ks in results for k in ks]
     assert sorted(claimed) == sorted(keys), results  # every run once, duplicates dropped
+    assert len({pid for pid, _ in results}) == n_procs
     assert q.waiting() == 0 and q.running() == []
+
+
+def test_concurrent_claims_hand_each_run_to_exactly_one_process(tmp_path):
+    check_each_item_claimed_once(str(tmp_path / "q.journal"), 3)
 
 
 def _claim_and_hang(location: str, name: str, ready) -> None:
