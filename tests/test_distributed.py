@@ -206,3 +206,19 @@ def test_study_rows_train_over_two_processes_each_and_keep_their_keys(setup):
     # train.nproc is not in the key: the same study on one process per row reuses every run
     out = _finish(_start(ws, study.path))
     assert count_runs(uri, study.name) == {s.key: 1 for s in specs}, out
+
+
+def test_bfloat16_autocast_trains_on_the_cpu_in_two_processes(workspace):
+    """`train.amp_dtype: bfloat16` turns CPU autocast on (as on Hopper GPUs: no scaler): the first loss moves off
+    float32's by bfloat16's rounding only; the 2-process gloo run trains under it too."""
+    from detector.engine.train import train
+
+    runs = {}
+    for dtype in ("float16", "bfloat16"):  # float16 on the CPU: autocast stays off, the float32 reference
+        cfg = build_config(deep_merge(deep_merge(TINY, DDP), {"name": f"amp-{dtype}", "train": {"amp_dtype": dtype}}))
+        hooks = _Record()
+        assert train(cfg, workspace, hooks=hooks).status == "FINISHED"
+        runs[dtype] = hooks.scalars[1]["loss"]
+    assert runs["bfloat16"] != runs["float16"] and runs["bfloat16"] == pytest.approx(runs["float16"], rel=0.05)
+    two = _run(2, config_to_dict(build_config(deep_merge(config_to_dict(cfg), {"train": {"nproc": 2}}))), workspace)
+    assert two[0][0] == two[1][0] == "FINISHED"

@@ -154,7 +154,7 @@ class TrainConfig:
     # The run FAILS when the assigner gives no positive anchor for this many iterations in a row whose
     # batches hold GTs (0 = never): training without positives learns nothing (PAA's FSR 0.3, Table 1).
     fail_without_positives: int = 100
-    amp: bool = True  # only on CUDA
+    amp: bool = True  # on CUDA; on the CPU only with amp_dtype bfloat16
     # autocast precision: float16 (with a GradScaler) or bfloat16 (Ampere/Hopper; float32's range, no scaler)
     amp_dtype: str = "float16"
     seed: int = 0

@@ -132,8 +132,10 @@ def _train(cfg: Config, workspace: Path, hooks: TrainHooks, resume: bool, workdi
     model = DenseDetector(cfg.model, num_classes).to(device)
     trained = data_parallel(model, cfg, device)  # the model itself in one process
     optimizer = build_optimizer(model, tc)
-    use_amp = tc.amp and device.type == "cuda"
     amp_dtype = getattr(torch, tc.amp_dtype)
+    # CUDA: either precision; the CPU: bfloat16 only (CPU autocast's one fast low precision), so that a bf16 run's
+    # path (autocast, no scaler) can be checked without a GPU; float16 on the CPU trains in float32 as before
+    use_amp = tc.amp and (device.type == "cuda" or amp_dtype == torch.bfloat16)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)  # bf16 needs none
 
     meta = provenance(cfg)  # stored in every checkpoint: what the weights were trained with
