@@ -12,7 +12,6 @@ iterations, image size, seeds); the paper's caption (a layout part's title such 
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 from ablation.execution.launcher import ROWS_FILTER, per_image_matches
 from ablation.study.expand import StudyRun, expand
 from ablation.study.load import Study
-from ablation.tables.build import Table, build_table
+from ablation.tables.build import Table, as_run, build_table
 from ablation.tables.render import render
 from ablation.tracking import reader, writer
 from ablation.tracking.store import git_info, resolve_tracking_uri, workspace_dir
@@ -102,14 +101,6 @@ def what_was_run(study: Study, profile: str, runs: list[StudyRun]) -> list[str]:
     return lines
 
 
-def _displayed(table: Table, profile: str) -> Table:
-    """The table as the page shows it: under another profile than the paper's, a one-part layout's title (the
-    paper's caption, naming its data and schedule) is left out; the page's caption says what ran instead."""
-    if profile == PAPER_PROFILE or len(table.parts) != 1:
-        return table
-    return dataclasses.replace(table, parts=[dataclasses.replace(table.parts[0], title="")])
-
-
 def report_data(study: Study, profile: str, ws: Path, uri: str) -> ReportData:
     """The table and each row's finished runs, read once for every panel."""
     runs = expand(study, profile)
@@ -142,7 +133,7 @@ def build_study_report(study: Study, profile: str, workspace=None, tracking_uri:
               f"store {uri}" + (f" · parent run {parent}" if parent else " · no parent run")
               + f" · code {git['git_sha'][:12]}{' (dirty)' if git['git_dirty'] == 'true' else ''}")
     text = page(f"{study.name} · profile {profile}", what_was_run(study, profile, data.runs),
-                render(_displayed(data.table, profile), "html", reference), sections, footer)
+                render(as_run(data.table, profile), "html", reference), sections, footer)
     out.mkdir(parents=True, exist_ok=True)
     path = out / PAGE
     path.write_text(text, encoding="utf-8")

@@ -107,6 +107,12 @@ def test_the_caption_says_what_ran_not_the_papers_setting(smoke):
     # the table with intervals, significance notes and, with --reference, the paper's values beside ours
     assert "<th>AP paper</th>" in html and "<td>39.4</td>" in html and "confidence half-width" in html
     assert "GMM fits (PAA)" in html and "NMS recall" in html and "Positives per GT over training" in html
+    # `study table` under the smoke profile leaves the paper's caption out too; under paper it is the table's title
+    from ablation.execution.launcher import study_table
+
+    smoke_md = study_table(smoke.study, "smoke", "md", workspace=smoke.ws, tracking_uri=smoke.uri, log=False)
+    assert PAPER_CAPTION not in smoke_md and "profile smoke" in smoke_md
+    assert PAPER_CAPTION in study_table(smoke.study, "paper", "md", workspace=smoke.ws, tracking_uri=smoke.uri, log=False)
 
 
 def test_the_page_is_logged_to_the_parent_run(smoke, tmp_path):

@@ -35,7 +35,7 @@ from ablation.execution.queue import DEFAULT_HEARTBEAT_S, WorkQueue, default_sto
 from ablation.processes import HOST, pid_alive
 from ablation.study.expand import StudyRun, expand, spec_hash
 from ablation.study.load import Study
-from ablation.tables.build import Table, build_table
+from ablation.tables.build import Table, as_run, build_table
 from ablation.tables.render import EXTENSIONS, FORMATS, render
 from ablation.tables.summary import summarize
 from ablation.tracking import reader, writer
@@ -330,8 +330,8 @@ def _log_summary(study: Study, profile: str, table: Table, uri: str, parent: str
 
 def _table(study: Study, profile: str, uri: str, ws: Path) -> Table:
     frame = reader.runs_frame(uri, study.name, ROWS_FILTER)
-    return build_table(study, profile, frame, per_image_matches(study, profile, frame, uri, ws)
-                       if study.baseline is not None else None)
+    return as_run(build_table(study, profile, frame, per_image_matches(study, profile, frame, uri, ws)
+                              if study.baseline is not None else None), profile)
 
 
 def _stop(procs) -> None:

@@ -22,7 +22,7 @@ as plain data (run id -> `ImageMatches`); nothing here reads MLflow. `render.py`
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 import numpy as np
@@ -104,6 +104,18 @@ class Table:
     baseline: str | None = None
     notes: list[str] = field(default_factory=list)  # e.g. why a column has no bold value
     resamples: int = BOOTSTRAP_RESAMPLES
+
+
+PAPER_PROFILE = "paper"  # the profile whose runs are the paper's setting
+
+
+def as_run(table: Table, profile: str) -> Table:
+    """The table as printed under `profile`: under another profile than the paper's, a one-part layout's title
+    (the paper's caption, naming its data and schedule, e.g. "COCO minival, ResNet-50, 135k iterations") is left
+    out, since it would describe runs that were not made; the heading still names the study and profile."""
+    if profile == PAPER_PROFILE or len(table.parts) != 1:
+        return table
+    return replace(table, parts=[replace(table.parts[0], title="")])
 
 
 def build_table(study: Study, profile: str, runs: pd.DataFrame, per_image: Mapping[str, ImageMatches] | None = None,
