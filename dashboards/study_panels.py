@@ -140,6 +140,19 @@ def _spread(iterations: list[int], n: int) -> list[int]:
     return sorted({iterations[round(i * (len(iterations) - 1) / (n - 1))] for i in range(n)})
 
 
+def _seed_records(data: ReportData, row: RowRuns, kind: str, pick) -> tuple[int, list[tuple[int, list]]]:
+    """(the row's lowest finished seed, its non-empty records of `kind` at the iterations `pick` chooses from
+    those stored); no records when the run that trained it is gone."""
+    seed = min(row.runs)
+    source = row.source(seed)
+    try:
+        picked = pick(reader.record_iterations(data.tracking_uri, source, kind))
+        records = reader.run_records(data.tracking_uri, source, kind, picked) if picked else []
+    except reader.RunNotFound:
+        records = []
+    return seed, [(it, recs) for it, recs in records if recs]
+
+
 def gmm_panel(data: ReportData, folder: Path) -> Section | None:
     """PAA rows: candidate-score histograms with the two fitted components and the boundary for sampled GTs, at
     several iterations of one seed (PAA Fig. 1)."""
@@ -153,14 +166,7 @@ def gmm_panel(data: ReportData, folder: Path) -> Section | None:
         if not row.runs:
             section.notes.append(data.no_run(row.label))
             continue
-        seed = min(row.runs)
-        source = row.source(seed)
-        try:
-            picked = _spread(reader.record_iterations(data.tracking_uri, source, "gmm_fits"), GMM_ITERATIONS)
-            records = reader.run_records(data.tracking_uri, source, "gmm_fits", picked)
-        except reader.RunNotFound:
-            records = []
-        records = [(it, recs) for it, recs in records if recs]
+        seed, records = _seed_records(data, row, "gmm_fits", lambda its: _spread(its, GMM_ITERATIONS))
         if not records:
             section.notes.append(f"{row.label}: no GMM records (train.record_every = 0, or no GT had 2 candidates)")
         for it, recs in records:
@@ -222,13 +228,8 @@ def bag_panel(data: ReportData, folder: Path) -> Section | None:
         if not row.runs:
             section.notes.append(data.no_run(row.label))
             continue
-        seed = min(row.runs)
-        try:
-            last = reader.record_iterations(data.tracking_uri, row.source(seed), "bag_confidence")[-1:]
-            records = reader.run_records(data.tracking_uri, row.source(seed), "bag_confidence", last) if last else []
-        except reader.RunNotFound:
-            records = []
-        if not records or not records[0][1]:
+        seed, records = _seed_records(data, row, "bag_confidence", lambda its: its[-1:])
+        if not records:
             section.notes.append(f"{row.label}: no bag-confidence records")
             continue
         it, recs = records[0]
