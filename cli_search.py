@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from cli_errors import fail, user_errors
-from cli_output import note, progress_every_option, warn
+from cli_output import note, progress_every_option, setup_logging, warn
 
 search_app = typer.Typer(no_args_is_help=True, help="Searches: Optuna proposes each trial; every trial is one run.")
 
@@ -31,6 +31,7 @@ def search_run(
     rerun: bool = typer.Option(True, help="After the trials, train the best configurations and the default with "
                                "the rerun seeds, for the answer's interval."),
     progress_every: float = progress_every_option(),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
     """Run a search: each trial is a child run of one MLflow parent run per profile.
 
@@ -40,6 +41,7 @@ def search_run(
     that run. Into a log (stdout not a terminal), a progress line per running trial every --progress-every
     seconds.
     """
+    setup_logging(verbose)  # before mlflow is imported: its INFO lines only with --verbose
     from ablation.execution.queue import QueueError
     from ablation.search.space import SpaceError
 
@@ -73,7 +75,8 @@ def search_run(
             elif kind == "rerun-end":
                 value = data.get("value")
                 typer.echo(f"  rerun {data['candidate']} · seed {data['seed']} {data['status']}"
-                           + (f" {metrics[0]} {value:.4g}" if value is not None else f" {data.get('reason', '')}"))
+                           + (f" {metrics[0]} {value:.4g}" if value is not None else f" {data.get('reason', '')}")
+                           + ("" if data.get("trained", True) else " (an existing run: nothing trained)"))
             elif kind == "died":
                 typer.secho(f"warning: worker {worker} died (exit code {data['code']}); its trial runs again",
                             fg=typer.colors.YELLOW, err=True)

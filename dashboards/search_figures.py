@@ -28,11 +28,13 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
+
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ablation.search.spec import Search  # noqa: E402
 from dashboards.assign_figures import save_figure  # noqa: E402
+from dashboards.importance_spread import spread_lines  # noqa: E402
 
 FIGURES = ("history", "importances", "parallel", "slice", "intermediate", "pareto")
 IMPORTANCE_SEED = 0  # the fANOVA forest's seed
@@ -243,14 +245,14 @@ def draw_search_figures(study, search: Search, out_dir: str | Path,
     return done, skipped
 
 
-def format_importances(importances: dict[str, dict[str, float]]) -> list[str]:
-    """'1. lr 0.73' lines per objective (a heading per objective when there are two)."""
+def format_importances(importances: dict[str, dict[str, float]], spreads: dict | None = None) -> list[str]:
+    """'1. lr 0.73' lines per objective (a heading per objective when there are two); with `spreads`
+    (`importance_spread.importance_spread`), each value's range without one trial and whether the order holds."""
     lines = []
     for metric, values in importances.items():
         if len(importances) > 1:
             lines.append(f"{metric}:")
-        lines += [f"{i}. {name} {value:.3f}" for i, (name, value) in
-                  enumerate(sorted(values.items(), key=lambda kv: -kv[1]), 1) if math.isfinite(value)]
+        lines += spread_lines(values, (spreads or {}).get(metric))
     return lines
 
 

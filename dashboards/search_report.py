@@ -27,7 +27,8 @@ from ablation.search.run import SearchResult, search_result
 from ablation.search.spec import Search
 from ablation.tracking import reader, writer
 from ablation.tracking.store import resolve_tracking_uri, store_exists, workspace_dir
-from dashboards.search_figures import draw_search_figures, format_importances, param_importances
+from dashboards.importance_spread import importance_spread
+from dashboards.search_figures import IMPORTANCE_SEED, draw_search_figures, format_importances, param_importances
 
 TOP = 5  # best trials shown for a single-objective search
 ARTIFACTS = "report"  # the parent run's folder for report.md and the figures
@@ -178,7 +179,11 @@ def build_report(search: Search, profile: str, study, location: str, workspace=N
     lines += ["", "## Best trials" if len(search.objectives) == 1 else "## Pareto front", ""]
     lines += best_table(search, result) if result.best else ["no complete trial yet"]
     lines += ["", "## Parameter importances (fANOVA)", ""]
-    lines += format_importances(importances[0]) if importances[0] else [f"skipped: {importances[1]}"]
+    if importances[0]:
+        varied = list(next(iter(importances[0].values())))
+        lines += format_importances(importances[0], importance_spread(study, search, varied, IMPORTANCE_SEED))
+    else:
+        lines.append(f"skipped: {importances[1]}")
     if rerun is not None:
         lines += ["", f"## Reruns ({len(search.rerun_seeds(profile))} seeds per candidate)", "",
                   format_rerun(search, rerun)]

@@ -97,6 +97,7 @@ def test_figures_and_report_of_a_single_objective_search(tmp_path):
     assert [r.split("|")[1].strip() for r in rows] == ["1", "6", "0", "3"]  # best first
     ranking = md.split("## Parameter importances (fANOVA)")[1].split("##")[0]
     assert "1. " in ranking and "2. " in ranking and "lr" in ranking and "topk" in ranking
+    assert "without one trial)" in ranking and "of the 4 complete trials" in ranking  # the spread, 4 complete
     assert sum(report.importances["AP"].values()) == pytest.approx(1.0)
     assert "no MLflow parent run" in md and not report.logged
     assert not store_exists(f"sqlite:///{ws}/mlflow.db")  # reading the report creates no store
@@ -269,3 +270,37 @@ def test_pruning_saved_counts_each_pruned_trial_at_the_complete_trials_mean_time
     saved, took, n = pruning_saved(result)
     assert (saved, took, n) == (220.0, 1140.0, 2)  # 320 - 100, and a pruned trial slower than the mean saves 0
     assert pruning_saved(SearchResult("s", "smoke", "s:smoke", "j", "p", "u", 2, trials[:2], [])) is None
+
+
+def test_importance_spread_says_whether_the_order_holds(tmp_path):
+    """fANOVA again without each complete trial: one clear driver holds first place; two parameters that each
+    owe their importance to a single trial are 'unsettled'; too few trials give no spread."""
+    from dashboards.importance_spread import importance_spread, spread_lines
+
+    ws = tmp_path / "ws"
+    clear_search = _search(tmp_path, "s_clear")
+    clear = _study(ws, clear_search)
+    for i, topk in enumerate((3, 5, 7, 9, 11, 13, 15, 17)):  # AP follows topk; lr wanders
+        _complete(clear, 0.001 * (1 + (i * 3) % 8), topk, 0.1 + 0.02 * topk)
+    spread = importance_spread(clear, clear_search, ["lr", "topk"])["AP"]
+    assert spread.n == 8 and spread.holds and spread.leaders == ["topk"]
+    assert 0.5 < spread.ranges["topk"][0] <= spread.ranges["topk"][1] <= 1.0
+    lines = spread_lines(param_importances(clear, clear_search)[0]["AP"], spread)
+    assert lines[0].startswith("1. topk ") and lines[0].endswith("without one trial)")
+    assert lines[-1] == "topk comes first whichever of the 8 complete trials is left out."
+
+    odd_search = _search(tmp_path, "s_odd")
+    odd = _study(ws, odd_search)
+    for lr, topk, ap in ((0.001, 9, 0.30), (0.0012, 11, 0.31), (0.0011, 7, 0.30), (0.0013, 9, 0.29),
+                         (0.009, 9, 0.50), (0.0012, 19, 0.50)):  # one high-lr and one high-topk trial carry it
+        _complete(odd, lr, topk, ap)
+    spread = importance_spread(odd, odd_search, ["lr", "topk"])["AP"]
+    assert not spread.holds and set(spread.leaders) == {"lr", "topk"}
+    assert spread_lines(param_importances(odd, odd_search)[0]["AP"], spread)[-1].startswith("Unsettled: ")
+
+    few_search = _search(tmp_path, "s_few")
+    few = _study(ws, few_search)
+    for lr, topk, ap in ((0.001, 3, 0.1), (0.002, 5, 0.2), (0.004, 9, 0.3)):
+        _complete(few, lr, topk, ap)
+    assert importance_spread(few, few_search, ["lr", "topk"]) is None
+    assert spread_lines({"lr": 0.7, "topk": 0.3}, None) == ["1. lr 0.700", "2. topk 0.300"]

@@ -206,7 +206,9 @@ def test_a_dead_workers_trial_is_resumed_and_a_search_at_its_budget_starts_nothi
 def test_the_best_trials_and_the_default_are_rerun_with_every_seed(tmp_path, workspace, one_thread):
     search, uri = _search(tmp_path, "s_rerun", trials=2), f"sqlite:///{tmp_path}/mlflow.db"
     search.rerun = RerunSpec(top=2, seeds=[0, 1])
-    result = run_search(search, "smoke", workspace=workspace, tracking_uri=uri)
+    events = []
+    result = run_search(search, "smoke", workspace=workspace, tracking_uri=uri,
+                        display=lambda worker, kind, data: events.append((kind, data)))
     rr = result.rerun
     assert rr is not None and rr.metric == "AP" and rr.maximize
     assert sorted(c.label for c in rr.candidates) == sorted(["default", *(f"trial {t.number}" for t in result.trials)])
@@ -218,11 +220,14 @@ def test_the_best_trials_and_the_default_are_rerun_with_every_seed(tmp_path, wor
     for c in rr.candidates:
         if c.trial is not None:
             assert c.by_seed[0] == pytest.approx(trials[str(c.trial)].data.metrics["val/AP"])
+    ends = [d for k, d in events if k == "rerun-end"]  # a trial's seed 0 is its own run: nothing trains
+    assert sorted((d["candidate"], d["seed"]) for d in ends if not d["trained"]) == \
+        sorted((f"trial {t.number}", 0) for t in result.trials)
     reruns = _runs(uri, "s_rerun", "rerun")
     assert len(reruns) == 2 * 3 - 2 and {r.data.tags["seed"] for r in reruns} == {"0", "1"}
     assert rr.vs_runner_up is not None and rr.vs_runner_up.n == 2 and rr.vs_runner_up.estimate >= 0
     text = format_rerun(search, rr)
-    assert "best: " in text and "vs default" in text and "as a study row:" in text
+    assert "best over the seeds: " in text and "vs default" in text and "as a study row:" in text
     assert rr.best_file is not None and rr.best_file.is_file()
     best = yaml.safe_load(rr.best_file.read_text())
     assert (best == {}) if rr.best.label == "default" else (best["train"]["base_lr"] == rr.best.values["lr"])

@@ -112,7 +112,8 @@ def rerun_top(search: Search, profile: str, study, parent_run_id: str, workspace
                 cand.by_seed[seed] = float(value)
             if display is not None:
                 display("rerun-end", {"candidate": cand.label, "seed": seed, "status": outcome.status,
-                                      "value": cand.by_seed.get(seed), "reason": cand.failed.get(seed, "")})
+                                      "value": cand.by_seed.get(seed), "reason": cand.failed.get(seed, ""),
+                                      "trained": outcome.result is not None})  # else an existing run answered
     return rank(candidates, metric, maximize)
 
 
@@ -205,7 +206,7 @@ def format_rerun(search: Search, result: RerunResult, scale: float = 1.0) -> str
         lines.append(f"| {c.label} | {params} | {search_value} | {cell} ({seeds}) |")
     best = result.best
     if best is not None:
-        lines += ["", f"best: {best.label}; vs runner-up {_scaled(result.vs_runner_up, scale)}; "
+        lines += ["", f"best over the seeds: {best.label}; vs runner-up {_scaled(result.vs_runner_up, scale)}; "
                       f"vs default {_scaled(result.vs_default, scale)}"]
         if result.best_file is not None:
             lines.append(f"best config: {result.best_file}")

@@ -293,7 +293,7 @@ def format_result(result: SearchResult, trials: bool = True) -> str:
     lines = [f"# search {result.search} [{result.profile}]", "",
              ", ".join(f"{n} {k}" for k, n in result.counts.items() if n) + f" (budget {result.budget})"]
     for b in result.best:
-        lines.append(f"- best: {format_trial(b, result.metrics)}  run {b.run_id}")
+        lines.append(f"- best trial: {format_trial(b, result.metrics)}  run {b.run_id}")
     for state in ("COMPLETE", "PRUNED"):
         step, wall = result.mean(state, "step"), result.mean(state, "wall_s")
         if step is not None:
