@@ -152,6 +152,67 @@ def search_report(
         typer.echo(f"logged report.md and the figures to the MLflow parent run {report.parent_run_id} (report/)")
 
 
+@search_app.command("audit")
+def search_audit(
+    file: Path = typer.Argument(..., help="Search file, e.g. studies/search_paa_lambda.yaml."),
+    profile: Optional[str] = typer.Option(None, help="The profile it ran under (default: as `search run`'s)."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage the search ran on (default: the workspace's "
+                                          "journal)."),
+    workspace: Optional[Path] = typer.Option(None, help="Workspace (default $ANCHORLAB_HOME or ./anchorlab-runs)."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: SQLite in the workspace)."),
+    progress_every: float = progress_every_option(),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Measure what pruning cost: train the search's pruned trials to the end (one run each, under its parent run)
+    and say which would have entered its best complete trials. Running it again trains nothing new."""
+    setup_logging(verbose)
+    from ablation.execution.queue import QueueError
+
+    with user_errors():
+        from rich import get_console
+
+        from ablation.display.log_progress import WorkerLines
+        from ablation.search.audit import audit_pruning, format_audit
+        from ablation.tracking.store import resolve_tracking_uri, workspace_dir
+        from dashboards.search_report import NoTrials, load_study
+
+        search, profile = _search_and_profile(file, profile)
+        if len(search.objectives) != 1:
+            fail(f"{file}: a two-objective search does not prune; nothing to audit")
+        try:
+            study, _ = load_study(search, profile, storage, workspace)
+        except NoTrials:
+            fail(f"no trials yet: run anchorlab search run {file} --profile {profile}")
+        except QueueError as exc:
+            fail(str(exc).splitlines()[0])
+        parent = study.user_attrs.get("parent_run_id")
+        if not parent:
+            fail(f"the search has no MLflow parent run yet: run anchorlab search run {file} --profile {profile}")
+        lines = None if get_console().is_terminal else WorkerLines(progress_every, typer.echo)
+        metric = search.objectives[0].metric
+
+        def display(kind: str, data: dict) -> None:
+            if kind == "iter" and lines is not None:
+                lines.update(0, data["rerun"], data)
+            elif kind == "audit-start":
+                typer.echo(f"  trial {data['trial']} to the end ...")
+            elif kind == "audit-end":
+                if lines is not None:
+                    lines.done(0)
+                value = data["value"]
+                typer.echo(f"  trial {data['trial']} {data['status']}"
+                           + (f" {metric} {value:.4g}" if value is not None else f" {data['reason']}")
+                           + ("" if data["trained"] else " (an existing run: nothing trained)"))
+
+        ws = workspace_dir(workspace)
+        audit = audit_pruning(search, profile, study, parent, ws, resolve_tracking_uri(tracking_uri, ws), display)
+    if not audit.rows:
+        typer.echo("no pruned trial: nothing to audit")
+        return
+    typer.echo("")
+    typer.echo(format_audit(audit))
+
+
 @search_app.command("dashboard")
 def search_dashboard(
     file: Path = typer.Argument(..., help="Search file, e.g. studies/search_paa_lambda.yaml."),
