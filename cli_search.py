@@ -211,6 +211,17 @@ def search_audit(
         return
     typer.echo("")
     typer.echo(format_audit(audit))
+    from dashboards.importance_spread import importance_spread, with_finals
+    from dashboards.search_figures import IMPORTANCE_SEED, format_importances, param_importances
+
+    at_end = with_finals(study, {r.number: r.final for r in audit.rows if r.final is not None})
+    importances, why = param_importances(at_end, search)
+    typer.echo(f"\nParameter importances (fANOVA) over the {len(at_end.trials)} trials at the end:")
+    if importances:
+        spread = importance_spread(at_end, search, list(next(iter(importances.values()))), IMPORTANCE_SEED)
+        typer.echo("\n".join(format_importances(importances, spread)))
+    else:
+        typer.echo(f"skipped: {why}")
 
 
 @search_app.command("dashboard")

@@ -89,4 +89,21 @@ def spread_lines(values: dict[str, float], spread: Spread | None) -> list[str]:
     return lines
 
 
-__all__ = ["Spread", "importance_spread", "spread_lines", "MIN_TRIALS", "MAX_TRIALS"]
+
+
+def with_finals(study, finals: dict[int, float]):
+    """An in-memory single-objective study of `study`'s COMPLETE trials plus its PRUNED trials counted COMPLETE
+    at the objective they reached when trained to the end (`finals`: trial number -> value; `search audit`)."""
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    out = optuna.create_study(direction=study.direction)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        value = t.value if t.state == TrialState.COMPLETE else finals.get(t.number)
+        if value is not None and math.isfinite(value):
+            out.add_trial(create_trial(params=t.params, distributions=t.distributions, value=value,
+                                       state=TrialState.COMPLETE))
+    return out
+
+
+__all__ = ["Spread", "importance_spread", "spread_lines", "with_finals", "MIN_TRIALS", "MAX_TRIALS"]

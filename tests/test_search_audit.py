@@ -38,6 +38,13 @@ def test_pruned_trials_train_to_the_end_once_and_stay_pruned(tmp_path, workspace
     text = format_audit(audit)
     assert "| 2 | 10 |" in text and "rank of 3" in text and "1 of 1 pruned trials trained to the end" in text
 
+    from dashboards.importance_spread import with_finals
+
+    at_end = with_finals(study, {2: row.final})  # the importances over every trial at the end
+    assert [(t.state.name, t.value) for t in at_end.trials] == \
+        [("COMPLETE", study.trials[0].value), ("COMPLETE", study.trials[1].value), ("COMPLETE", row.final)]
+    assert [t.params for t in at_end.trials] == [t.params for t in study.trials]
+
     again = audit_pruning(search, "smoke", study, parent, workspace, uri)  # trains nothing new
     assert not again.rows[0].trained and again.rows[0].final == row.final
     assert len(_runs(uri, "s_audit", "audit")) == 1
@@ -49,11 +56,11 @@ def test_a_pruned_trial_that_would_have_made_the_top_is_named_lost():
     assert audit.bar == 0.8 and [r.number for r in audit.lost] == [5]
     assert [n for n, _, _ in audit.ranking()] == [2, 5, 1, 6, 0]
     text = format_audit(audit)
-    assert "pruning lost 1: trial 5 (0.9)" in text and "| 7 | 10 | 0.4 | diverged |  |" in text
+    assert "pruning lost 1 that would have entered them: trial 5 (0.9)" in text and "| 7 | 10 | 0.4 | diverged |  |" in text
     assert "2 of 3 pruned trials trained to the end" in text
     low = Audit("time/step_s", False, 1, [AuditRow(3, 10, 0.2, final=0.25)], {0: 0.3, 1: 0.4})
     assert low.bar == 0.3 and [r.number for r in low.lost] == [3]  # smaller is better
-    assert "pruning lost none" in format_audit(Audit("AP", True, 3, [AuditRow(1, 10, 0.1, final=0.1)], {0: 0.5}))
+    assert "pruning lost no trial that would have entered them" in format_audit(Audit("AP", True, 3, [AuditRow(1, 10, 0.1, final=0.1)], {0: 0.5}))
 
 
 def test_cli_audit_before_the_search_ran(tmp_path):

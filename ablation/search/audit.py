@@ -116,8 +116,9 @@ def format_audit(audit: Audit) -> str:
     else:
         best = f"top {audit.top} complete" if len(audit.complete) >= audit.top else f"{len(audit.complete)} complete"
         done = sum(r.final is not None for r in audit.rows)
-        verdict = ("pruning lost none of them" if not lost else
-                   f"pruning lost {len(lost)}: " + ", ".join(f"trial {r.number} ({r.final:.4g})" for r in lost))
+        verdict = ("pruning lost no trial that would have entered them" if not lost else
+                   f"pruning lost {len(lost)} that would have entered them: "
+                   + ", ".join(f"trial {r.number} ({r.final:.4g})" for r in lost))
         lines += ["", f"{done} of {len(audit.rows)} pruned trials trained to the end; against the {best} trials "
                       f"(the last of them at {bar:.4g}), {verdict}. One seed each: "
                       "a difference within the seed noise is not a loss."]
