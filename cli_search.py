@@ -118,6 +118,20 @@ def _search_and_profile(file: Path, profile: Optional[str]):
     return search, profile
 
 
+def _stored_study(file: Path, search, profile: str, storage: Optional[str], workspace: Optional[Path]):
+    """(the search's Optuna study, its storage location), or one error line when it has no trials or other
+    directions than the file's."""
+    from ablation.execution.queue import QueueError
+    from dashboards.search_report import NoTrials, load_study
+
+    try:
+        return load_study(search, profile, storage, workspace)
+    except NoTrials:
+        fail(f"no trials yet: run anchorlab search run {file} --profile {profile}")
+    except QueueError as exc:
+        fail(str(exc).splitlines()[0])
+
+
 @search_app.command("report")
 def search_report(
     file: Path = typer.Argument(..., help="Search file, e.g. studies/search_paa_lambda.yaml."),
@@ -131,18 +145,11 @@ def search_report(
 ):
     """Report a search: best trials, counts, importances, reruns, and its figures (history, importances, parallel
     coordinates, slices, intermediate values, Pareto front), written as files and logged to its parent run."""
-    from ablation.execution.queue import QueueError
-
     with user_errors():
-        from dashboards.search_report import NoTrials, build_report, load_study
+        from dashboards.search_report import build_report
 
         search, profile = _search_and_profile(file, profile)
-        try:
-            study, location = load_study(search, profile, storage, workspace)
-        except NoTrials:
-            fail(f"no trials yet: run anchorlab search run {file} --profile {profile}")
-        except QueueError as exc:
-            fail(str(exc).splitlines()[0])
+        study, location = _stored_study(file, search, profile, storage, workspace)
         report = build_report(search, profile, study, location, workspace, tracking_uri, out)
     typer.echo(report.markdown)
     typer.echo(f"wrote {report.report_file}")
@@ -166,25 +173,17 @@ def search_audit(
     """Measure what pruning cost: train the search's pruned trials to the end (one run each, under its parent run)
     and say which would have entered its best complete trials. Running it again trains nothing new."""
     setup_logging(verbose)
-    from ablation.execution.queue import QueueError
-
     with user_errors():
         from rich import get_console
 
         from ablation.display.log_progress import WorkerLines
         from ablation.search.audit import audit_pruning, format_audit
         from ablation.tracking.store import resolve_tracking_uri, workspace_dir
-        from dashboards.search_report import NoTrials, load_study
 
         search, profile = _search_and_profile(file, profile)
         if len(search.objectives) != 1:
             fail(f"{file}: a two-objective search does not prune; nothing to audit")
-        try:
-            study, _ = load_study(search, profile, storage, workspace)
-        except NoTrials:
-            fail(f"no trials yet: run anchorlab search run {file} --profile {profile}")
-        except QueueError as exc:
-            fail(str(exc).splitlines()[0])
+        study, _ = _stored_study(file, search, profile, storage, workspace)
         parent = study.user_attrs.get("parent_run_id")
         if not parent:
             fail(f"the search has no MLflow parent run yet: run anchorlab search run {file} --profile {profile}")

@@ -13,11 +13,10 @@ Single-objective searches only (two-objective searches do not prune).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-from ablation.execution.run import RunSpec, execute
-from ablation.execution.worker import ProgressEvents
+from ablation.execution.run import RunSpec
+from ablation.search.rerun import train_for_value
 from ablation.search.resolve import trial_config
 from ablation.search.space import decode
 from ablation.search.spec import Search
@@ -84,14 +83,8 @@ def audit_pruning(search: Search, profile: str, study, parent_run_id: str, works
                        resume=True, restart_hint="the same command trains it again")
         if display is not None:
             display("audit-start", {"trial": t.number})
-        hooks = None if display is None else ProgressEvents(lambda kind, **data: display(kind, data),
-                                                            cfg.train.iterations, rerun=f"audit trial {t.number}")
-        outcome = execute(spec, workspace, tracking_uri, hooks=hooks)
-        value = outcome.metrics.get(objective.metric) if outcome.status == "FINISHED" else None
-        if value is None or not math.isfinite(value):
-            row.reason = outcome.reason or f"{objective.metric} not reported"
-        else:
-            row.final = float(value)
+        row.final, row.reason, outcome = train_for_value(spec, objective.metric, workspace, tracking_uri, display,
+                                                         f"audit trial {t.number}")
         row.trained = outcome.result is not None
         if display is not None:
             display("audit-end", {"trial": t.number, "status": outcome.status, "value": row.final,

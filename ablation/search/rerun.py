@@ -102,19 +102,27 @@ def rerun_top(search: Search, profile: str, study, parent_run_id: str, workspace
                            resume=True, restart_hint="the same command trains it again")
             if display is not None:
                 display("rerun-start", {"candidate": cand.label, "seed": seed})
-            hooks = None if display is None else ProgressEvents(lambda kind, **data: display(kind, data),
-                                                                cfg.train.iterations, rerun=spec.label)
-            outcome = execute(spec, workspace, tracking_uri, hooks=hooks)
-            value = outcome.metrics.get(metric) if outcome.status == "FINISHED" else None
-            if value is None or not math.isfinite(value):
-                cand.failed[seed] = outcome.reason or f"{metric} not reported"
+            value, reason, outcome = train_for_value(spec, metric, workspace, tracking_uri, display, spec.label)
+            if value is None:
+                cand.failed[seed] = reason
             else:
-                cand.by_seed[seed] = float(value)
+                cand.by_seed[seed] = value
             if display is not None:
                 display("rerun-end", {"candidate": cand.label, "seed": seed, "status": outcome.status,
-                                      "value": cand.by_seed.get(seed), "reason": cand.failed.get(seed, ""),
-                                      "trained": outcome.result is not None})  # else an existing run answered
+                                      "value": value, "reason": reason, "trained": outcome.result is not None})
     return rank(candidates, metric, maximize)
+
+
+def train_for_value(spec: RunSpec, metric: str, workspace, tracking_uri: str, display=None, label: str = ""):
+    """Execute `spec` ("iter" progress events under `label` to `display(kind, data)`) -> (its finite `metric`
+    or None, why it is missing, the outcome). `outcome.result` is None when an existing run answered."""
+    hooks = None if display is None else ProgressEvents(lambda kind, **data: display(kind, data),
+                                                        spec.config.train.iterations, rerun=label)
+    outcome = execute(spec, workspace, tracking_uri, hooks=hooks)
+    value = outcome.metrics.get(metric) if outcome.status == "FINISHED" else None
+    if value is None or not math.isfinite(value):
+        return None, outcome.reason or f"{metric} not reported", outcome
+    return float(value), "", outcome
 
 
 def rank(candidates: list[Candidate], metric: str, maximize: bool) -> RerunResult:
@@ -224,5 +232,5 @@ def _scaled(iv: Interval | None, scale: float) -> str:
     return _fmt(Interval(scale * iv.estimate, scale * iv.low, scale * iv.high, iv.n))
 
 
-__all__ = ["Candidate", "RerunResult", "top_trials", "rerun_top", "rank", "to_dict", "from_dict", "RERUN_JSON", "write_best", "format_rerun", "best_config_yaml",
+__all__ = ["Candidate", "RerunResult", "top_trials", "rerun_top", "train_for_value", "rank", "to_dict", "from_dict", "RERUN_JSON", "write_best", "format_rerun", "best_config_yaml",
            "study_row", "DEFAULT"]
