@@ -48,10 +48,14 @@ def synth_data(tmp_path_factory) -> Path:
     return data
 
 
+def data_workspace(ws: Path, synth_data: Path) -> Path:
+    """Make the workspace folder `ws` (parents too) with the session's synthetic data as its data/ folder."""
+    ws.mkdir(parents=True, exist_ok=True)
+    (ws / "data").symlink_to(synth_data, target_is_directory=True)
+    return ws
+
+
 @pytest.fixture
 def workspace(tmp_path, synth_data) -> Path:
     """A fresh workspace per test (own checkpoints and MLflow store) sharing the session's data."""
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    (ws / "data").symlink_to(synth_data, target_is_directory=True)
-    return ws
+    return data_workspace(tmp_path / "ws", synth_data)

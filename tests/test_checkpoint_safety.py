@@ -26,7 +26,7 @@ from detector.engine.checkpoint import LAST, CheckpointError, load_checkpoint, s
 from detector.engine.predictor import load_detector
 from detector.engine.train import train
 from detector.run_key import run_key
-from tests.conftest import TINY, tiny_config
+from tests.conftest import TINY, data_workspace, tiny_config
 from tests.test_study import empty_store, with_store, write_study  # noqa: F401 (fixture)
 from tests.test_study_reliability import _records, _start, _wait_for
 from tests.test_train_e2e import _Crash
@@ -80,9 +80,7 @@ def _one_line(proc: subprocess.CompletedProcess) -> str:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, synth_data):
     """(workspace, ATSS config file, its checkpoint): a 2-iteration tiny run, trained once for this module."""
-    ws = tmp_path_factory.mktemp("trained") / "ws"
-    ws.mkdir()
-    (ws / "data").symlink_to(synth_data, target_is_directory=True)
+    ws = data_workspace(tmp_path_factory.mktemp("trained") / "ws", synth_data)
     body = {**TINY, "assign": {"name": "atss"}, "model": {**TINY["model"], "head": {**TINY["model"]["head"],
                                                                                  "aux": "centerness"}},
             "train": {**TINY["train"], "iterations": 2, "eval_at_end": False}}
@@ -294,9 +292,7 @@ def test_an_old_checkpoint_without_a_config_loads_with_a_warning(tmp_path, train
 # ---------------------------------------------------------------- a corrupt checkpoint in a study
 def test_a_corrupt_checkpoint_fails_its_row_with_a_hint_and_retry_failed_starts_it_over(tmp_path, synth_data,
                                                                                         empty_store):
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    (ws / "data").symlink_to(synth_data, target_is_directory=True)
+    ws = data_workspace(tmp_path / "ws", synth_data)
     with_store(ws, empty_store)
     iters = 200
     path = write_study(tmp_path, rows=[{"label": "ATSS", "overrides": {"assign.name": "atss"}}], name="ck",

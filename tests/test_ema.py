@@ -19,7 +19,7 @@ from detector.engine.predictor import load_detector
 from detector.engine.train import train
 from detector.model.detector import DenseDetector
 from detector.run_key import key_payload, run_key
-from tests.conftest import tiny_config
+from tests.conftest import data_workspace, tiny_config
 from tests.test_run_key import GOLDEN
 
 
@@ -108,8 +108,7 @@ EMA_RUN = {"inference": {"score_thresh": 0.0},
 @pytest.fixture(scope="module")
 def ema_run(tmp_path_factory, synth_data):
     """One uninterrupted tiny training with EMA (4 iterations, checkpoint and evaluation at 2)."""
-    ws = tmp_path_factory.mktemp("ema_ws")
-    (ws / "data").symlink_to(synth_data, target_is_directory=True)
+    ws = data_workspace(tmp_path_factory.mktemp("ema_ws"), synth_data)
     cfg = tiny_config(**EMA_RUN)
     hooks = _Recorder(ws / "copies")
     before = torch.get_num_threads()

@@ -15,7 +15,7 @@ from cli import app
 from cli_viz import POINT_CONFIGS
 from dashboards.point_rules_figure import MIN_GTS, draw_point_rules, point_rule_positives
 from detector.config import build_config, deep_merge, load_yaml
-from tests.conftest import TINY
+from tests.conftest import TINY, data_workspace
 
 runner = CliRunner()
 LAYER = {k: v for k, v in TINY.items() if k != "name"}  # the tiny data, model and schedule on each method config
@@ -33,8 +33,7 @@ def _triples(rule) -> set[tuple[float, float, int]]:
 
 @pytest.fixture(scope="module")
 def drawn(tmp_path_factory, synth_data):
-    ws = tmp_path_factory.mktemp("ws")
-    (ws / "data").symlink_to(synth_data, target_is_directory=True)
+    ws = data_workspace(tmp_path_factory.mktemp("ws"), synth_data)
     zero = {"assign": {"pseudo_iou": {"threshold": 0.0}}}
     strict = {"assign": {"pseudo_iou": {"threshold": 0.9}}}
     return point_rule_positives(_configs(zero, strict), ws), ws

@@ -20,7 +20,7 @@ import yaml
 
 from ablation.execution.queue import WorkQueue
 from ablation.study.expand import expand
-from tests.conftest import TINY
+from tests.conftest import TINY, data_workspace
 from tests.test_study import empty_store, write_study  # noqa: F401 (fixture)
 from tests.test_study_queue import at_once, check_each_item_claimed_once
 from tests.test_study_reliability import _records, count_runs, setup  # noqa: F401 (fixture)
@@ -163,9 +163,7 @@ def test_two_search_processes_on_postgres_run_the_budget_each_trial_once(tmp_pat
     from mlflow import MlflowClient
     import optuna
 
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    (ws / "data").symlink_to(synth_data, target_is_directory=True)
+    ws = data_workspace(tmp_path / "ws", synth_data)
     path = tmp_path / "pg_search.yaml"
     path.write_text(yaml.safe_dump(SEARCH, sort_keys=False))
     args = ["search", "run", str(path), "--profile", "smoke", "--storage", pg_url, "--no-rerun"]

@@ -18,7 +18,7 @@ from PIL import Image, ImageStat
 from typer.testing import CliRunner
 
 from ablation.study.expand import load_study
-from tests.conftest import TINY
+from tests.conftest import TINY, data_workspace
 from tests.test_study import empty_store, with_store, write_study  # noqa: F401  (empty_store: a fixture)
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -47,9 +47,7 @@ def smoke(tmp_path_factory, synth_data, empty_store):  # noqa: F811
     from cli import app
 
     root = tmp_path_factory.mktemp("report")
-    ws = root / "ws"
-    ws.mkdir()
-    (ws / "data").symlink_to(synth_data, target_is_directory=True)
+    ws = data_workspace(root / "ws", synth_data)
     uri = with_store(ws, empty_store)
     study = load_study(_write(root))
     result = run_study(study, "smoke", RunnerSettings(workers=1, poll_s=0.5), ws, uri)

@@ -21,6 +21,7 @@ from ablation.execution.launcher import RunnerSettings, plan
 from ablation.execution.queue import WorkQueue, default_storage
 from ablation.study.expand import expand, load_study
 from ablation.tracking.reader import runs_frame, study_runs
+from tests.conftest import data_workspace
 from tests.test_study import empty_store, with_store, write_study  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,9 +85,7 @@ def _mid_run(ws, study, spec, min_iteration=20):
 def setup(tmp_path, synth_data, empty_store):
     """A workspace with the session's synthetic data and (optionally) an initialised store."""
     def make(rows, store=True, profile=PROFILE):
-        ws = tmp_path / "ws"
-        ws.mkdir()
-        (ws / "data").symlink_to(synth_data, target_is_directory=True)
+        ws = data_workspace(tmp_path / "ws", synth_data)
         if store:
             with_store(ws, empty_store)
         path = write_study(tmp_path, rows=rows, name="rel", profiles={"smoke": profile})

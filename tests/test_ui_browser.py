@@ -39,6 +39,7 @@ import pytest
 from PIL import Image
 
 from ablation.study.expand import load_study
+from tests.conftest import data_workspace
 from tests.test_report import _not_blank
 from tests.test_study import empty_store, with_store, write_study  # noqa: F401  (empty_store: a fixture)
 from tests.test_ui import _free_port, _kill_all, _start_ui, _tree, _wait_for_banner
@@ -186,9 +187,7 @@ def ui(tmp_path_factory, synth_data, empty_store):  # noqa: F811
     from ablation.execution.launcher import RunnerSettings, run_study
 
     root = tmp_path_factory.mktemp("ui_browser")
-    ws = root / "ws"
-    ws.mkdir()
-    (ws / "data").symlink_to(synth_data, target_is_directory=True)
+    ws = data_workspace(root / "ws", synth_data)
     uri = with_store(ws, empty_store)
     profiles = {"smoke": {"overrides": {"train.iterations": ITERATIONS, "train.checkpoint_every": 0}}}
     study = load_study(write_study(root, profiles=profiles))

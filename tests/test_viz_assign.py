@@ -21,7 +21,7 @@ from detector.assigners.base import IGNORE
 from detector.config import deep_merge
 from detector.engine.step import TrainStep
 from detector.model.detector import DenseDetector
-from tests.conftest import TINY, tiny_config
+from tests.conftest import TINY, data_workspace, tiny_config
 
 runner = CliRunner()
 DELTAS = {  # method -> the config delta over TINY
@@ -44,8 +44,7 @@ def ws(tmp_path_factory, synth_data) -> Path:
     """A workspace on the session's tiny data, with a 3-iteration checkpoint of each method in TRAINED."""
     from detector.engine.train import train
 
-    ws = tmp_path_factory.mktemp("viz_ws")
-    (ws / "data").symlink_to(synth_data, target_is_directory=True)
+    ws = data_workspace(tmp_path_factory.mktemp("viz_ws"), synth_data)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     for method in TRAINED:
